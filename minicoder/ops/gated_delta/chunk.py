@@ -99,7 +99,7 @@ def chunk_gated_delta_rule(
         x = x.reshape(B * T, *x.shape[2:])
         if padded:  # row B*T of the padded source is the zero padding token
             x = torch.cat([x, x.new_zeros(1, *x.shape[1:])]).index_select(0, torch.where(src < 0, B * T, src))
-        return x.reshape(NC, C, *x.shape[1:]).transpose(1, 2)
+        return x.reshape(NC, C, *x.shape[1:]).transpose(1, 2).contiguous()
 
     q, k, v = to_chunks(q), to_chunks(k), to_chunks(v)  # [NC, H, C, K|V]
     g, beta = to_chunks(g), to_chunks(beta)  # [NC, H, C]
