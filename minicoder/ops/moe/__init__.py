@@ -1,0 +1,72 @@
+"""Routed-expert computation (the MoE FFN after routing) behind one dispatcher.
+
+    y = moe_experts(x, topk_ids, topk_weights, gate_up_proj, down_proj, kernel="auto")
+
+x: [N, H]; topk_ids, topk_weights: [N, k]; gate_up_proj: [E, 2I, H] (gate rows first, then up);
+down_proj: [E, H, I]; y: [N, H]. The router (softmax, top-k, renormalisation) and the shared expert
+live in `minicoder.model.moe`; this package is only the expert FFNs.
+
+Backends (`kernel=`): "torch" = `naive.py` (loop over experts; the reference and the CPU path).
+"auto" picks the fastest available for the device; today that is "torch" everywhere. Faster
+paths (sorted dispatch + grouped GEMM, Triton) register themselves here with `register_backend`.
+The model passes its config-wide `kernel` knob here too: "fla" (which has no MoE kernel) and a
+"triton" that is not registered yet both mean "torch" for the experts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from minicoder.ops.moe.naive import moe_experts_naive
+
+__all__ = ["moe_experts", "moe_experts_naive", "register_backend", "available_kernels"]
+
+_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"torch": moe_experts_naive}
+#: what "auto" tries, in order, for CUDA tensors and for CPU tensors
+_AUTO_ORDER: dict[str, list[str]] = {"cuda": ["torch"], "cpu": ["torch"]}
+
+
+def register_backend(name: str, fn: Callable[..., torch.Tensor], auto_on: tuple[str, ...] = ()) -> None:
+    """Add a backend `fn(x, topk_ids, topk_weights, gate_up_proj, down_proj) -> y`; put it first in
+    the "auto" order for the device types listed in `auto_on` (e.g. ("cuda",))."""
+    _BACKENDS[name] = fn
+    for dev in auto_on:
+        order = _AUTO_ORDER.setdefault(dev, ["torch"])
+        if name in order:
+            order.remove(name)
+        order.insert(0, name)
+
+
+def available_kernels() -> list[str]:
+    return ["auto", *_BACKENDS]
+
+
+def moe_experts(
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    kernel: str = "auto",
+) -> torch.Tensor:
+    """Weighted sum of each token's top-k expert SwiGLU FFNs (see the module docstring for shapes)."""
+    if x.dim() != 2 or topk_ids.shape != topk_weights.shape or topk_ids.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"moe_experts: expected x [N, H], topk_ids / topk_weights [N, k]; got x {tuple(x.shape)}, "
+            f"topk_ids {tuple(topk_ids.shape)}, topk_weights {tuple(topk_weights.shape)}"
+        )
+    e, two_i, h = gate_up_proj.shape
+    if h != x.shape[1] or two_i % 2 or down_proj.shape != (e, h, two_i // 2):
+        raise ValueError(
+            f"moe_experts: gate_up_proj {tuple(gate_up_proj.shape)} / down_proj {tuple(down_proj.shape)} "
+            f"do not fit x [N, {x.shape[1]}] (expected [E, 2I, H] and [E, H, I])"
+        )
+    if kernel == "auto":
+        kernel = _AUTO_ORDER.get(x.device.type, ["torch"])[0]
+    elif kernel in ("fla", "naive") or kernel == "triton" and "triton" not in _BACKENDS:  # fla has no MoE kernel; the model-wide knob falls back to ours
+        kernel = "torch"
+    if kernel not in _BACKENDS:
+        raise ValueError(f"moe_experts: kernel must be one of {available_kernels()}, got {kernel!r}")
+    return _BACKENDS[kernel](x, topk_ids, topk_weights, gate_up_proj, down_proj)
