@@ -208,7 +208,7 @@ def test_zero_length_docs_dropped_and_counted():
 
 def check_batch(batch, packing, docs, pad_id):
     B, L = batch.input_ids.shape
-    assert B == len(packing)
+    assert len(packing) == B
     for arr in (batch.labels, batch.position_ids, batch.doc_ids, batch.loss_mask):
         assert arr.shape == (B, L)
     assert np.array_equal(batch.loss_mask, batch.labels != IGNORE_INDEX)

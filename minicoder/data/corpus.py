@@ -138,9 +138,8 @@ def _limited(raw: Iterator[tuple[str, bytes | None, int]], source: str, limits: 
             stats.skipped_empty += 1
             continue
         n = len(data)
-        if limits.max_bytes is not None and total + n > limits.max_bytes:
-            if total:
-                return  # budget reached
+        if limits.max_bytes is not None and total and total + n > limits.max_bytes:
+            return  # budget reached (the first document always goes in)
         total += n
         lang = language_of(path)
         stats.docs += 1
