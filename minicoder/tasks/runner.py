@@ -1,0 +1,68 @@
+"""The one place synthesis touches execution: a thin adapter over `minicoder.sandbox.run_tests`.
+
+Candidate code (mined commits, mutants, trivial patches) only ever runs inside the sandbox; this
+module adds no execution of its own. It normalises what synthesis needs from a `TestRun`: the set
+of test ids that passed, and whether the patch applied, and counts the sandbox runs it made so
+benchmarks can report runs per task.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKENDS = ("local", "docker")
+
+
+@dataclass
+class Run:
+    """One sandbox run as synthesis sees it."""
+
+    outcomes: dict[str, str]  # test id -> passed | failed | error | skipped
+    status: str  # the sandbox's status for the run (e.g. "ok", "timeout", "patch_failed")
+    patch_applied: bool
+    log: str = ""  # tail of the test output (for problem statements and debugging)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> set[str]:
+        return {t for t, o in self.outcomes.items() if o == "passed"}
+
+    def not_passed(self, ids) -> set[str]:
+        """Ids among `ids` that did not pass (a test missing from the report counts as failed)."""
+        return {t for t in ids if self.outcomes.get(t) != "passed"}
+
+
+@dataclass
+class RunCounter:
+    n: int = 0
+    seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, seconds: float) -> None:
+        with self.lock:
+            self.n += 1
+            self.seconds += seconds
+
+
+COUNTER = RunCounter()
+
+
+def run_tests(task, patch: str, test_ids: list[str] | None = None, backend: Any = "local",
+              timeout_s: float | None = None) -> Run:
+    """Run `task`'s tests with `patch` applied (hidden `test_patch` applied fresh after it)."""
+    import time
+
+    from minicoder.sandbox import run_tests as sandbox_run_tests
+
+    t0 = time.perf_counter()
+    tr = sandbox_run_tests(task, patch, test_ids=test_ids, backend=backend, timeout_s=timeout_s)
+    dt = time.perf_counter() - t0
+    COUNTER.add(dt)
+    ex = getattr(tr, "exec", None)
+    log = ""
+    if ex is not None:
+        log = (getattr(ex, "stdout", "") or "")[-4000:]
+    return Run(outcomes=dict(tr.outcomes), status=str(getattr(tr, "status", "")),
+               patch_applied=bool(getattr(tr, "patch_applied", True)), log=log, seconds=dt)

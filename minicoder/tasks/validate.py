@@ -1,0 +1,250 @@
+"""Execution validation of a task in the sandbox: is it solvable, stable, and not exploitable?
+
+A task passes validation only when, all runs in the sandbox (`minicoder.sandbox.run_tests`):
+  1. the gold patch passes every FAIL_TO_PASS and PASS_TO_PASS test, in each of `repeats` runs;
+  2. the empty patch fails every FAIL_TO_PASS test and passes every PASS_TO_PASS test, each run;
+  3. runs agree: a test whose outcome differs between repeats of the same patch is flaky and is
+     dropped (counted); a FAIL_TO_PASS test that passes without the fix moves to PASS_TO_PASS, a
+     PASS_TO_PASS test that fails without the fix moves to FAIL_TO_PASS (the lists are re-derived
+     from what was observed, never trusted);
+  4. the verifier cannot be gamed by a trivial patch: the function(s) the gold patch changes are
+     replaced (on top of the gold patch) by `pass` (= deleting the body, returns None) and by
+     `return 0`, `return ""`, `return []`, `return True`, `return False`; if any of these earns the
+     full reward (every FAIL_TO_PASS and PASS_TO_PASS test passes) the task is rejected;
+  5. the tests exercise the change: with the changed function(s) replaced by
+     `raise NotImplementedError` (everything else fixed), every FAIL_TO_PASS test must fail. A
+     test that still passes does not depend on the changed code and is dropped; if none is left the
+     task is rejected. This is the cheap, honest form of "does the verifier look at the fix?": one
+     extra run, no coverage tracing, and it also catches tests that only check "something raised".
+Checks 4-5 need the change to sit inside a Python function (not at module level); otherwise they
+are recorded as skipped. Runs from an earlier stage (the mutation or mining stage ran the same
+gold and empty patches) can be passed in as `prior` and count as repeats, so nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from minicoder.tasks.patches import PatchError, apply_patch, base_files, make_diff, parse_patch
+from minicoder.tasks.runner import Run, run_tests
+from minicoder.tasks.schema import Task
+
+# name -> replacement body for the exploit check (in order; `pass` is "delete the body")
+TRIVIAL_BODIES: dict[str, str] = {
+    "pass": "pass", "return 0": "return 0", 'return ""': 'return ""', "return []": "return []",
+    "return True": "return True", "return False": "return False",
+}
+STUB_RAISE = "raise NotImplementedError"
+
+
+@dataclass
+class Validation:
+    """The verdict on one task."""
+
+    instance_id: str
+    ok: bool
+    reason: str = ""  # why it was rejected ("" when ok)
+    task: Task | None = None  # the validated task (lists re-derived, flaky tests dropped) when ok
+    flaky: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)  # test id -> why it left FAIL_TO_PASS/PASS_TO_PASS
+    checks: dict[str, Any] = field(default_factory=dict)
+    runs: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"instance_id": self.instance_id, "ok": self.ok, "reason": self.reason, "flaky": self.flaky,
+                "dropped": self.dropped, "checks": self.checks, "runs": self.runs,
+                "seconds": round(self.seconds, 3)}
+
+
+# --- which functions a patch changes ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ChangedFunction:
+    path: str
+    qualname: str  # e.g. "Parser.parse" or "has_close_elements"
+    body_start: int  # first line of the body after the docstring (1-based)
+    end: int  # last line of the function
+    indent: str  # indentation of the body
+
+
+def _functions(tree: ast.Module) -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    """(qualname, def) of the outermost functions: module-level ones and methods of (nested) classes."""
+    out = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out.append((prefix + child.name, child))
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+
+    visit(tree, "")
+    return out
+
+
+def changed_functions(before: str, after: str, path: str) -> list[ChangedFunction] | None:
+    """The outermost functions of `after` that contain a changed line; None if a change is outside any."""
+    try:
+        tree = ast.parse(after)
+    except SyntaxError:
+        return None
+    changed: list[int] = []  # 1-based lines of `after` (a pure deletion marks the line after it)
+    sm = difflib.SequenceMatcher(a=before.splitlines(), b=after.splitlines(), autojunk=False)
+    for tag, _i1, _i2, j1, j2 in sm.get_opcodes():
+        if tag != "equal":
+            changed += list(range(j1 + 1, j2 + 1)) if j2 > j1 else [j1 + 1]
+    funcs = _functions(tree)
+    hit: dict[str, ChangedFunction] = {}
+    lines = after.splitlines()
+    for ln in changed:
+        owner = next(((q, f) for q, f in funcs if f.lineno <= ln <= (f.end_lineno or f.lineno)), None)
+        if owner is None:
+            return None
+        q, f = owner
+        body = f.body
+        if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str) and len(body) > 1):
+            body = body[1:]
+        first = body[0]
+        if first.lineno == f.lineno:  # `def f(): return x` on one line: no body lines to replace
+            return None
+        indent = lines[first.lineno - 1][: len(lines[first.lineno - 1]) - len(lines[first.lineno - 1].lstrip())]
+        start = min([first.lineno] + [d.lineno for d in getattr(first, "decorator_list", [])])
+        hit[q] = ChangedFunction(path, q, start, f.end_lineno or f.lineno, indent)
+    return sorted(hit.values(), key=lambda c: c.body_start)
+
+
+def stub_functions(source: str, funcs: list[ChangedFunction], body: str) -> str:
+    """`source` with each function's body (after its docstring) replaced by `body`."""
+    lines = source.splitlines(keepends=True)
+    for f in sorted(funcs, key=lambda c: -c.body_start):
+        lines[f.body_start - 1:f.end] = [f"{f.indent}{body}\n"]
+    return "".join(lines)
+
+
+def exploit_patches(task: Task) -> tuple[dict[str, str], str, str]:
+    """({trivial name: patch}, raise-stub patch, note). Empty dict + note when the check cannot apply."""
+    try:
+        base = base_files(task)
+        fixed = apply_patch(base, task.patch)
+    except PatchError as e:
+        return {}, "", f"gold patch does not apply on the host copy: {e}"
+    targets: dict[str, list[ChangedFunction]] = {}
+    for fp in parse_patch(task.patch):
+        if not fp.path.endswith(".py") or fp.is_deleted:
+            continue
+        funcs = changed_functions(base.get(fp.path, ""), fixed[fp.path], fp.path)
+        if funcs is None:
+            return {}, "", f"the change in {fp.path} is not inside a function"
+        if funcs:
+            targets[fp.path] = funcs
+    if not targets:
+        return {}, "", "the gold patch changes no Python function"
+
+    def patch_with(body: str) -> str:
+        new = dict(fixed)
+        for path, funcs in targets.items():
+            new[path] = stub_functions(fixed[path], funcs, body)
+        return "".join(make_diff(p, base.get(p), new.get(p)) for p in sorted(set(base) | set(new))
+                       if base.get(p) != new.get(p))
+
+    names = ", ".join(f"`{f.qualname}`" for fs in targets.values() for f in fs)
+    return {k: patch_with(v) for k, v in TRIVIAL_BODIES.items()}, patch_with(STUB_RAISE), names
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+def _agree(runs: list[Run], test: str) -> bool | None:
+    """True/False when every run passed / did not pass `test`; None when they disagree (flaky)."""
+    seen = {r.outcomes.get(test) == "passed" for r in runs}
+    return seen.pop() if len(seen) == 1 else None
+
+
+def validate_task(task: Task, backend: Any = "local", repeats: int = 2, check_exploits: bool = True,
+                  prior: dict[str, list[Run]] | None = None, timeout_s: float | None = None) -> Validation:
+    """Validate one task by execution (see the module docstring for the checks, in order)."""
+    t0 = time.perf_counter()
+    v = Validation(task.instance_id, ok=False)
+    prior = prior or {}
+    ids = sorted(set(task.FAIL_TO_PASS) | set(task.PASS_TO_PASS))
+
+    def run(patch: str, test_ids: list[str]) -> Run:
+        v.runs += 1
+        return run_tests(task, patch, test_ids=test_ids, backend=backend, timeout_s=timeout_s)
+
+    def reject(reason: str) -> Validation:
+        v.ok, v.reason, v.seconds = False, reason, time.perf_counter() - t0
+        return v
+
+    gold = list(prior.get("gold", []))[:repeats]
+    empty = list(prior.get("empty", []))[:repeats]
+    while len(gold) < repeats:
+        gold.append(run(task.patch, ids))
+        if not gold[-1].patch_applied:
+            return reject("gold patch does not apply")
+    while len(empty) < repeats:
+        empty.append(run("", ids))
+    f2p, p2p = [], []
+    for t in ids:
+        g, e = _agree(gold, t), _agree(empty, t)
+        if g is None or e is None:
+            v.flaky.append(t)
+            v.dropped[t] = "flaky: outcomes differ between repeated runs"
+            continue
+        if not g:
+            return reject(f"gold patch fails {'FAIL_TO_PASS' if t in task.FAIL_TO_PASS else 'PASS_TO_PASS'} "
+                          f"test {t} ({gold[0].outcomes.get(t, 'missing')})")
+        if e:
+            p2p.append(t)
+            if t in task.FAIL_TO_PASS:
+                v.dropped[t] = "passes without the fix: moved to PASS_TO_PASS"
+        else:
+            f2p.append(t)
+            if t in task.PASS_TO_PASS:
+                v.dropped[t] = "fails without the fix: moved to FAIL_TO_PASS"
+    v.checks["gold"] = "pass"
+    v.checks["empty"] = "fails" if f2p else "passes"
+    if not f2p:
+        if v.flaky and all(t in v.flaky for t in task.FAIL_TO_PASS):
+            return reject("every FAIL_TO_PASS test is flaky")
+        return reject("empty patch passes: no test fails without the fix")
+    if check_exploits:
+        trivial, stub, note = exploit_patches(task)
+        if not trivial:
+            v.checks["exploits"] = f"skipped: {note}"
+        else:
+            for name, patch in trivial.items():
+                r = run(patch, f2p + p2p)
+                if not r.not_passed(f2p + p2p):
+                    v.checks["exploits"] = f"`{name}` passes"
+                    return reject(f"exploitable verifier: every test passes when {note} is replaced by `{name}`")
+            v.checks["exploits"] = f"none of {len(trivial)} trivial patches passes"
+            r = run(stub, f2p)
+            unexercised = sorted(set(f2p) - r.not_passed(f2p))
+            if unexercised and len(unexercised) == len(f2p):
+                v.checks["exercised"] = "no"
+                return reject(f"tests do not exercise the changed code: every FAIL_TO_PASS test passes when "
+                              f"{note} raises NotImplementedError")
+            for t in unexercised:
+                f2p.remove(t)
+                v.dropped[t] = "does not exercise the changed code (passes when it raises NotImplementedError)"
+            v.checks["exercised"] = "yes" if not unexercised else f"{len(unexercised)} FAIL_TO_PASS test(s) dropped"
+    out = copy.deepcopy(task)
+    out.FAIL_TO_PASS, out.PASS_TO_PASS = sorted(f2p), sorted(p2p)
+    out.metadata["validation"] = {"repeats": repeats, "flaky": len(v.flaky), "dropped": len(v.dropped),
+                                  "checks": dict(v.checks)}
+    v.ok, v.task, v.seconds = True, out, time.perf_counter() - t0
+    return v
+
+
+def add_parser(subparsers) -> None:
+    """`minicoder validate` (the CLI lives in minicoder.tasks.cli)."""
+    from minicoder.tasks.cli import add_validate_parser
+
+    add_validate_parser(subparsers)
