@@ -15,8 +15,10 @@ Design choices:
   from cu_seqlens when absent). Attention is block-diagonal, DeltaNet's conv and state reset at each
   boundary, and the next-token targets that would cross a boundary are ignored, so a packed forward
   equals separate per-document forwards.
-- Labels follow HF's convention: `labels` is aligned with `input_ids` (usually equal to it, -100 =
-  ignore); the model shifts internally (logits at t predict labels at t + 1).
+- Labels: either `labels` in HF's convention (aligned with `input_ids`, -100 = ignore; shifted here,
+  logits at t predict labels at t + 1) or `targets`, already shifted (the data stage's
+  `PackedBatch.labels`). Packed [B, L] rows with cu_seqlens over the flattened B * L tokens (the data
+  stage's layout) are run as one row of B * L tokens.
 - Loss = mean CE + router_aux_loss_coef * balancing loss + mtp_loss_weight * MTP CE (each also
   returned on its own). MTP at position t sees h_t and the embedding of token t + 1 and predicts
   token t + 2 (DeepSeek-V3 style, one extra depth); positions are those of t, as vLLM does.
@@ -156,19 +158,14 @@ class ModelOutput:
         return torch.stack([s.counts for s in self.router_stats]) if self.router_stats else None
 
 
-def shift_targets(labels: torch.Tensor, cu_seqlens: torch.Tensor | None, steps: int = 1) -> torch.Tensor:
-    """targets[:, t] = labels[:, t + steps], -100 past the end and wherever t + 1 .. t + steps crosses
-    a document boundary of cu_seqlens. labels: [B, T] -> [B, T]."""
-    b, t = labels.shape
+def shift_targets(labels: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+    """targets[:, t] = labels[:, t + 1]; -100 at the end and where t + 1 starts a new document of
+    cu_seqlens (B = 1). labels: [B, T] -> [B, T]. Applied twice it gives the MTP targets (t + 2)."""
     out = torch.full_like(labels, -100)
-    if steps < t:
-        out[:, : t - steps] = labels[:, steps:]
+    out[:, :-1] = labels[:, 1:]
     if cu_seqlens is not None:
-        starts = positions_in_documents(cu_seqlens, t) == 0  # [T] True where a new document begins
-        crosses = torch.zeros(t, dtype=torch.bool, device=labels.device)
-        for s in range(1, steps + 1):
-            crosses[: t - s] |= starts[s:]
-        out[:, crosses] = -100
+        starts = positions_in_documents(cu_seqlens, labels.shape[1]) == 0  # a new document begins here
+        out[:, :-1][:, starts[1:]] = -100
     return out
 
 
@@ -229,14 +226,18 @@ class HybridLM(nn.Module):
         load_tracker: ExpertLoadTracker | None = None,
         logits_to_keep: int = 0,
         compute_mtp: bool | None = None,
+        targets: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Run the model.
 
         input_ids: [B, T]. position_ids: [B, T] (default: per-document positions from cu_seqlens, else
         the cache offset + arange, else positions counted over real tokens of attention_mask).
-        cu_seqlens: [N + 1] int document boundaries of a packed row (B must be 1).
+        cu_seqlens: [N + 1] int document boundaries over the flattened B * T tokens (the data stage's
+        PackedBatch; rows are concatenated into one packed row internally).
         cache: a HybridCache to read and extend (incremental decoding).
         labels: [B, T] HF convention (aligned with input_ids, -100 = ignore), shifted inside.
+        targets: [B, T] pre-shifted labels (targets[t] = the token t must predict, -100 = ignore), as
+        `minicoder.data.packing.PackedBatch.labels`; give labels or targets, not both.
         attention_mask: [B, T] 1 = real token, 0 = (left) padding, for batched generation.
         load_tracker: ExpertLoadTracker for global-batch balancing (f_e over micro-batches / ranks).
         logits_to_keep: > 0 computes logits only for the last that many positions (decoding).
@@ -245,10 +246,25 @@ class HybridLM(nn.Module):
         cfg = self.config
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
+        if labels is not None and targets is not None:
+            raise ValueError("give labels (HF convention, shifted here) or targets (pre-shifted), not both")
+        for name, x in (("labels", labels), ("targets", targets), ("position_ids", position_ids)):
+            if x is not None and x.shape != input_ids.shape:
+                raise ValueError(f"{name} must match input_ids {tuple(input_ids.shape)}, got {tuple(x.shape)}")
+        if cu_seqlens is not None and input_ids.shape[0] > 1:  # [B, L] packed rows -> one row of B * L
+            b0, t0 = input_ids.shape
+            flat = lambda x: None if x is None else x.reshape(1, b0 * t0)
+            out = self.forward(
+                flat(input_ids), flat(position_ids), cu_seqlens, None, flat(labels), None, load_tracker,
+                0, compute_mtp, flat(targets),
+            )
+            out.logits = out.logits.reshape(b0, t0, -1)
+            out.hidden_states = out.hidden_states.reshape(b0, t0, -1)
+            if out.mtp_logits is not None:
+                out.mtp_logits = out.mtp_logits.reshape(b0, t0, -1)
+            return out
         b, t = input_ids.shape
         if cu_seqlens is not None:
-            if b != 1:
-                raise ValueError(f"cu_seqlens packs documents into one row: input_ids must be [1, T], got [{b}, {t}]")
             cu_seqlens = cu_seqlens.to(device=input_ids.device, dtype=torch.int64)
             if cu_seqlens[0].item() != 0 or cu_seqlens[-1].item() != t or (cu_seqlens.diff() < 0).any():
                 raise ValueError(f"cu_seqlens must rise from 0 to T = {t}, got {cu_seqlens.tolist()}")
@@ -292,8 +308,10 @@ class HybridLM(nn.Module):
             f_global = load_tracker.update(stats) if load_tracker is not None else None
             out.aux_loss = load_balancing_loss(stats, cfg.num_experts, f_global)
 
+        if labels is not None:
+            targets = shift_targets(labels, cu_seqlens)
         if compute_mtp is None:
-            compute_mtp = labels is not None and self.mtp is not None
+            compute_mtp = targets is not None and self.mtp is not None
         if compute_mtp:
             if self.mtp is None:
                 raise ValueError("compute_mtp=True but the model has no MTP head (num_nextn_predict_layers = 0)")
@@ -301,14 +319,11 @@ class HybridLM(nn.Module):
             mtp_hidden, mtp_stats = self.mtp(self.model.embed_tokens(next_ids), hidden, cos, sin, cu_seqlens)
             out.mtp_logits = self.lm_head(mtp_hidden)
 
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels must match input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+        if targets is not None:
             if logits_to_keep > 0:
-                raise ValueError("labels need the logits of every position (logits_to_keep = 0)")
+                raise ValueError("a loss needs the logits of every position (logits_to_keep = 0)")
             out.ce_loss = F.cross_entropy(
-                logits.float().reshape(-1, cfg.vocab_size), shift_targets(labels, cu_seqlens).reshape(-1),
-                ignore_index=-100,
+                logits.float().reshape(-1, cfg.vocab_size), targets.reshape(-1), ignore_index=-100
             )
             loss = out.ce_loss
             if out.aux_loss is not None:
@@ -316,7 +331,7 @@ class HybridLM(nn.Module):
             if out.mtp_logits is not None:
                 out.mtp_loss = F.cross_entropy(
                     out.mtp_logits.float().reshape(-1, cfg.vocab_size),
-                    shift_targets(labels, cu_seqlens, steps=2).reshape(-1),
+                    shift_targets(targets, cu_seqlens).reshape(-1),  # token t + 2
                     ignore_index=-100,
                 )
                 loss = loss + cfg.mtp_loss_weight * out.mtp_loss
