@@ -15,6 +15,7 @@ import sys
 # subcommand name -> (module with add_parser, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("minicoder.demo", "run the end-to-end toy pipeline (what exists of it) on this machine"),
+    "pack": ("minicoder.data.cli", "corpus -> tokenizer -> Best-Fit / concat / pad packed sequences, with stats"),
 }
 
 

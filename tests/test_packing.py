@@ -3,6 +3,7 @@ bin counts checked against a brute-force best-fit-decreasing, known answers on s
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -346,3 +347,72 @@ def test_stream_errors():
         list(stream_pack([1], 0))
     with pytest.raises(ValueError, match=">= 0"):
         list(stream_pack([3, -2], 8))
+
+
+# ---------------------------------------------------------------------------------- CLI and demo
+
+
+def test_cli_pack_npz_and_stream(tmp_path, capsys):
+    from minicoder.cli import main
+    from minicoder.data.corpus import load_corpus
+    from minicoder.data.tokenizer import CodeTokenizer
+
+    out = tmp_path / "p"
+    rc = main(["pack", "--source", "humaneval", "--max-files", "40", "--vocab-size", "600", "--seq-len", "256",
+               "--out", str(out)])
+    assert rc == 0
+    assert "bfd packing into L=256" in capsys.readouterr().out
+    tok = CodeTokenizer.load(out / "tokenizer.json")
+    z = np.load(out / "packed.npz")
+    stats = json.loads((out / "stats.json").read_text())
+    docs = [json.loads(line) for line in (out / "docs.jsonl").read_text().splitlines()]
+    assert len(docs) == 40 and stats["n_bins"] == z["input_ids"].shape[0] and stats["tokens_dropped"] == 0
+    texts = [d.text for d in load_corpus("humaneval", max_files=40)]
+    rag = tok.encode_documents(texts)
+    assert [d["tokens"] for d in docs] == rag.lengths.tolist()
+    # every row is the pieces it claims
+    offs = z["bin_offsets"]
+    for b in range(len(offs) - 1):
+        col = 0
+        for p in range(offs[b], offs[b + 1]):
+            d, s, e = int(z["piece_doc"][p]), int(z["piece_start"][p]), int(z["piece_stop"][p])
+            assert np.array_equal(z["input_ids"][b, col : col + e - s], rag[d][s:e])
+            col += e - s
+    assert tok.decode(rag[0][:-1]) == texts[0]  # without the appended <|endoftext|>
+
+    out2 = tmp_path / "s"
+    rc = main(["pack", "--source", "humaneval", "--max-files", "40", "--tokenizer", str(out / "tokenizer.json"),
+               "--seq-len", "256", "--stream", "--buffer", "30", "--format", "jsonl", "--out", str(out2)])
+    assert rc == 0
+    rows = [json.loads(line) for line in (out2 / "packed.jsonl").read_text().splitlines()]
+    seen = [np.zeros(n, int) for n in rag.lengths]
+    for r in rows:
+        assert len(r["input_ids"]) <= 256
+        assert r["input_ids"] == np.concatenate([rag[d][s:e] for d, s, e in r["pieces"]]).tolist()
+        for d, s, e in r["pieces"]:
+            seen[d][s:e] += 1
+    assert all(np.all(c == 1) for c in seen)
+
+
+def test_cli_pack_user_errors(tmp_path, capsys):
+    from minicoder.cli import main
+
+    assert main(["pack", "--source", "git", "--out", str(tmp_path)]) == 2
+    assert "--source git needs --path" in capsys.readouterr().err
+    assert main(["pack", "--seq-len", "0", "--out", str(tmp_path)]) == 2
+    assert main(["pack", "--source", "git", "--path", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "not a git repository" in capsys.readouterr().err
+    assert main(["pack", "--stream", "--out", str(tmp_path)]) == 2
+
+
+def test_demo_stage(tmp_path, capsys):
+    from minicoder.data import demo_stage
+
+    res = demo_stage(tmp_path, max_files=30, vocab_size=800, seq_len=256)
+    assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "packed.npz").is_file()
+    b, c, p = res["bfd"], res["concat"], res["pad"]
+    assert b["tokens_dropped"] == 0 and c["tokens_dropped"] == 0 and p["tokens_dropped"] > 0
+    assert c["n_bins"] == c["lower_bound"] == b["lower_bound"] <= b["n_bins"] <= 1.01 * b["lower_bound"]
+    assert p["n_bins"] == res["documents"] == 30  # one row per document, truncated at L
+    assert b["docs_split"] <= c["docs_split"]
+    assert "bfd" in capsys.readouterr().out

@@ -52,7 +52,8 @@ METHODS = ("bfd", "concat", "pad")
 
 @dataclass
 class PackStats:
-    """What a packing did. ``fill`` = tokens packed / (bins * L); ``lower_bound`` = ceil(total / L)."""
+    """What a packing did. ``fill`` = tokens packed / (bins * L); ``lower_bound`` = ceil(tokens packed / L),
+    the fewest rows any packing of those tokens could use."""
 
     method: str
     seq_len: int
