@@ -6,11 +6,11 @@ x: [N, H]; topk_ids, topk_weights: [N, k]; gate_up_proj: [E, 2I, H] (gate rows f
 down_proj: [E, H, I]; y: [N, H]. The router (softmax, top-k, renormalisation) and the shared expert
 live in `minicoder.model.moe`; this package is only the expert FFNs.
 
-Backends (`kernel=`): "torch" = `naive.py` (loop over experts; the reference and the CPU path).
-"auto" picks the fastest available for the device; today that is "torch" everywhere. Faster
-paths (sorted dispatch + grouped GEMM, Triton) register themselves here with `register_backend`.
-The model passes its config-wide `kernel` knob here too: "fla" (which has no MoE kernel) and a
-"triton" that is not registered yet both mean "torch" for the experts.
+Backends (`kernel=`): "naive" = `naive.py` (loop over experts; the reference); "torch" =
+`sorted.py` (sorted dispatch + `torch._grouped_mm` or a segment loop; the CPU path); "triton" =
+`triton.py` (our grouped GEMM; CUDA, or CPU under TRITON_INTERPRET=1; imported lazily). "auto":
+Triton on CUDA when it imports, else "torch". The model passes its config-wide `kernel` knob here
+too: "fla" (which has no MoE kernel) means "auto" for the experts.
 """
 
 from __future__ import annotations
@@ -20,12 +20,31 @@ from collections.abc import Callable
 import torch
 
 from minicoder.ops.moe.naive import moe_experts_naive
+from minicoder.ops.moe.sorted import moe_experts_sorted
 
-__all__ = ["moe_experts", "moe_experts_naive", "register_backend", "available_kernels"]
+__all__ = ["moe_experts", "moe_experts_naive", "moe_experts_sorted", "register_backend", "available_kernels"]
 
-_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"torch": moe_experts_naive}
+
+def _triton_experts(*args: torch.Tensor) -> torch.Tensor:
+    # Lazy: importing triton (and decorating kernels) must wait until TRITON_INTERPRET is final.
+    from minicoder.ops.moe.triton import moe_experts_triton
+
+    return moe_experts_triton(*args)
+
+
+def _triton_importable() -> bool:
+    try:
+        import minicoder.ops.moe.triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
+    "torch": moe_experts_sorted, "naive": moe_experts_naive, "triton": _triton_experts,
+}
 #: what "auto" tries, in order, for CUDA tensors and for CPU tensors
-_AUTO_ORDER: dict[str, list[str]] = {"cuda": ["torch"], "cpu": ["torch"]}
+_AUTO_ORDER: dict[str, list[str]] = {"cuda": ["triton", "torch"], "cpu": ["torch"]}
 
 
 def register_backend(name: str, fn: Callable[..., torch.Tensor], auto_on: tuple[str, ...] = ()) -> None:
@@ -63,10 +82,9 @@ def moe_experts(
             f"moe_experts: gate_up_proj {tuple(gate_up_proj.shape)} / down_proj {tuple(down_proj.shape)} "
             f"do not fit x [N, {x.shape[1]}] (expected [E, 2I, H] and [E, H, I])"
         )
-    if kernel == "auto":
-        kernel = _AUTO_ORDER.get(x.device.type, ["torch"])[0]
-    elif kernel in ("fla", "naive") or kernel == "triton" and "triton" not in _BACKENDS:  # fla has no MoE kernel; the model-wide knob falls back to ours
-        kernel = "torch"
+    if kernel in ("auto", "fla"):  # fla has no MoE kernel: the model-wide knob means "the best of ours"
+        order = _AUTO_ORDER.get(x.device.type, ["torch"])
+        kernel = next(n for n in (*order, "torch") if n != "triton" or _triton_importable())
     if kernel not in _BACKENDS:
         raise ValueError(f"moe_experts: kernel must be one of {available_kernels()}, got {kernel!r}")
     return _BACKENDS[kernel](x, topk_ids, topk_weights, gate_up_proj, down_proj)
