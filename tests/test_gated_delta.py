@@ -82,6 +82,19 @@ def test_chunk_equals_recurrence_l2norm_custom_scale_and_other_chunk_sizes():
     assert rel(o2, o_ref) < 1e-12 and rel(s2, s_ref) < 1e-12
 
 
+@pytest.mark.parametrize("C", [1, 2, 7, 16, 64])
+def test_unit_lower_inverse(C):
+    from minicoder.ops.gated_delta.chunk import unit_lower_inverse
+
+    A = (0.3 * torch.randn(3, 2, C, C, dtype=torch.float64, generator=torch.Generator().manual_seed(C))).tril(-1)
+    eye = torch.eye(C, dtype=torch.float64)
+    T = unit_lower_inverse(A)
+    assert T.shape == A.shape
+    assert torch.allclose(T, torch.linalg.inv(eye + A), atol=1e-12)
+    assert torch.equal(T.triu(1), torch.zeros_like(T))  # lower triangular with a unit diagonal
+    assert torch.equal(T.diagonal(dim1=-2, dim2=-1), torch.ones(3, 2, C, dtype=torch.float64))
+
+
 def test_strong_decay_has_no_nan():
     """g = -40 per token: exp of the unmasked upper triangle would be exp(+2500) = inf; inf * 0 = NaN."""
     q, k, v, g, beta = make(T=130, seed=4, requires_grad=True)

