@@ -1,0 +1,244 @@
+"""Host-side patch handling: apply a candidate patch, then put the hidden tests back beyond its reach.
+
+Everything here runs on the host in a workspace that no untrusted code has touched yet (the order
+in `reward.py` guarantees it), so using the host's `git` on it is safe. `git apply` refuses paths
+outside the tree, inside `.git`, and writes "beyond a symbolic link"; our own restores check every
+path component for symlinks too (a patch can create a symlink `tests -> /etc`, and the restore runs
+as the host user).
+
+The defence against reward hacking (`protect`): after the candidate patch is applied, every file
+the verdict depends on is restored to its base-commit content, then the hidden `test_patch` is
+applied fresh:
+  - the files of the test_patch and the files holding any FAIL_TO_PASS / PASS_TO_PASS test;
+  - pytest's configuration and plugin hooks anywhere in the tree: `conftest.py`, `pytest.ini`,
+    `.pytest.ini`, `tox.ini`, `setup.cfg`, `pyproject.toml` (a legitimate fix does not need to
+    change how tests are collected; dependencies are fixed by the environment anyway);
+  - start-up hooks: `sitecustomize.py`, `usercustomize.py`, `*.pth`;
+  - bytecode (`__pycache__/`, `*.pyc`): an "unchecked-hash" .pyc is used without looking at its
+    source, so a patch could ship a compiled replacement of a hidden test;
+  - top-level modules that would shadow the standard library or the test runner's own packages
+    (`pytest.py`, `_pytest/`, `pluggy/`, `xml/`, ...), since `python -m pytest` puts the workspace
+    first on `sys.path`.
+Restoring (rather than rejecting the patch) keeps the honest part of a patch that also touched
+one of these files; the changes that were dropped are listed in the result.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from minicoder.sandbox.base import PatchResult
+
+PROTECTED_NAMES = {"conftest.py", "pytest.ini", ".pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml",
+                   "sitecustomize.py", "usercustomize.py"}
+# top-level names of the test runner's own packages, besides the standard library
+RUNNER_PACKAGES = {"pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py", "exceptiongroup", "tomli"}
+
+_GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "HOME": "/nonexistent",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+
+
+def _git(ws: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-c", "safe.directory=*", "-c", "core.hooksPath=/dev/null",
+                           "-c", "core.fsmonitor=false", *args],
+                          cwd=ws, input=stdin, capture_output=True, env=_GIT_ENV)
+
+
+def decode_patch(patch: str | bytes | None) -> tuple[str | None, str]:
+    """(text, "") for a usable patch text, or (None, why) when it cannot be one."""
+    if patch is None:
+        return "", ""
+    if isinstance(patch, bytes):
+        try:
+            patch = patch.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, f"patch is not valid UTF-8 (byte 0x{patch[e.start]:02x} at offset {e.start})"
+    if not isinstance(patch, str):
+        return None, f"patch must be text, got {type(patch).__name__}"
+    try:
+        patch.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return None, f"patch is not valid UTF-8 (unpaired surrogate at offset {e.start})"
+    if "\x00" in patch:
+        return None, "patch contains NUL bytes"
+    if patch.strip() and not ("diff --git" in patch or ("--- " in patch and "+++ " in patch)):
+        return None, "patch is not a unified diff (no '--- a/...' / '+++ b/...' header)"
+    return patch, ""
+
+
+def changed_paths(ws: Path) -> list[str]:
+    """Paths that differ from the base commit (modified, added, deleted; untracked included)."""
+    proc = _git(ws, "status", "--porcelain=v1", "-z", "--no-renames", "--untracked-files=all", "--ignored=no")
+    if proc.returncode != 0:
+        raise RuntimeError(f"git status failed: {proc.stderr.decode(errors='replace').strip()}")
+    out = []
+    for entry in proc.stdout.decode("utf-8", errors="surrogateescape").split("\0"):
+        if len(entry) > 3:
+            out.append(entry[3:])
+    return sorted(set(out))
+
+
+def apply_patch(ws: Path, patch: str | bytes | None) -> PatchResult:
+    """Apply a unified diff with `git apply` (then with `--recount` for hand-edited hunk counts)."""
+    text, why = decode_patch(patch)
+    if text is None:
+        return PatchResult(False, why)
+    if not text.strip():
+        return PatchResult(True, "empty patch")
+    if not text.endswith("\n"):
+        text += "\n"
+    with tempfile.NamedTemporaryFile("wb", suffix=".diff", delete=False) as fh:
+        fh.write(text.encode("utf-8"))
+        path = fh.name
+    try:
+        errors = []
+        for extra in ([], ["--recount"]):
+            proc = _git(ws, "apply", "--whitespace=nowarn", *extra, path)
+            if proc.returncode == 0:
+                return PatchResult(True, "applied" + (" (with --recount)" if extra else ""), changed_paths(ws))
+            errors.append(proc.stderr.decode("utf-8", errors="replace").strip())
+        msg = errors[0].splitlines()
+        return PatchResult(False, "git apply failed: " + " | ".join(msg[:4]))
+    finally:
+        os.unlink(path)
+
+
+def _safe_parent(ws: Path, rel: str, create: bool) -> Path | None:
+    """The parent directory of `rel` inside `ws`, replacing any symlink or file met on the way."""
+    parts = PurePosixPath(rel).parts
+    if not parts or any(p in ("..", "") for p in parts) or PurePosixPath(rel).is_absolute():
+        raise ValueError(f"unsafe path {rel!r}")
+    cur = ws
+    for part in parts[:-1]:
+        cur = cur / part
+        if cur.is_symlink() or (cur.exists() and not cur.is_dir()):
+            cur.unlink()
+        if not cur.exists():
+            if not create:
+                return None
+            cur.mkdir()
+    return cur
+
+
+def restore_path(ws: Path, rel: str) -> None:
+    """Put `rel` back to its content at the base commit (HEAD), or delete it if HEAD lacks it."""
+    proc = _git(ws, "cat-file", "-p", f"HEAD:{rel}")
+    base = proc.stdout if proc.returncode == 0 else None
+    parent = _safe_parent(ws, rel, create=base is not None)
+    if parent is None:
+        return
+    target = parent / PurePosixPath(rel).name
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        import shutil
+
+        shutil.rmtree(target)
+    if base is not None:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(base)
+
+
+def patch_files(patch: str) -> list[str]:
+    """Repo-relative paths a unified diff touches (both sides of renames)."""
+    out: set[str] = set()
+    for line in patch.splitlines():
+        if line.startswith(("--- ", "+++ ")):
+            p = line[4:].split("\t", 1)[0].strip()
+            if p != "/dev/null" and p[:2] in ("a/", "b/"):
+                out.add(p[2:])
+        elif line.startswith(("rename from ", "rename to ", "copy from ", "copy to ")):
+            out.add(line.split(" ", 2)[2].strip())
+    return sorted(out)
+
+
+def _shadow_names() -> set[str]:
+    return set(sys.stdlib_module_names) | RUNNER_PACKAGES
+
+
+def in_base(ws: Path, rel: str) -> bool:
+    return _git(ws, "cat-file", "-e", f"HEAD:{rel}").returncode == 0
+
+
+def is_protected(rel: str, top_in_base: bool = True) -> bool:
+    """Whether a candidate's change to `rel` is dropped. `top_in_base`: its top-level entry exists
+    at the base commit (a repository's own `queue/` package may be fixed; a new one may not shadow)."""
+    p = PurePosixPath(rel)
+    if p.name in PROTECTED_NAMES or p.suffix in (".pth", ".pyc") or "__pycache__" in p.parts:
+        return True
+    top = p.parts[0]
+    if top.endswith((".dist-info", ".egg-info")):
+        return True  # entry-point plugins (pytest11) are found through distribution metadata
+    mod = top[:-3] if (len(p.parts) == 1 and top.endswith(".py")) else top
+    return not top_in_base and mod in _shadow_names()
+
+
+def protect(ws: Path, changed: list[str], test_patch: str, test_ids: list[str]) -> list[str]:
+    """Undo the candidate's changes to protected files, then apply `test_patch` fresh.
+
+    `changed`: paths the candidate patch touched (from `changed_paths`). Returns the paths whose
+    candidate changes were dropped. Raises RuntimeError when the test_patch does not apply (a
+    broken task, not a candidate's fault).
+    """
+    test_files = set(patch_files(test_patch)) if test_patch.strip() else set()
+    test_files |= {tid.split("::", 1)[0] for tid in test_ids}
+    dropped = []
+    for rel in changed:
+        top_in_base = in_base(ws, PurePosixPath(rel).parts[0])
+        if rel in test_files or is_protected(rel, top_in_base) or any(rel.startswith(t.rstrip("/") + "/") for t in test_files):
+            restore_path(ws, rel)
+            dropped.append(rel)
+    for rel in sorted(test_files - set(dropped)):
+        restore_path(ws, rel)  # no-op when untouched; makes the reset explicit either way
+    # bytecode anywhere (a patch can carry binary .pyc files)
+    for dirpath, dirnames, filenames in os.walk(ws):
+        if ".git" in dirnames:
+            dirnames.remove(".git")
+        for name in filenames:
+            if name.endswith(".pyc"):
+                os.unlink(os.path.join(dirpath, name))
+    if test_patch.strip():
+        with tempfile.NamedTemporaryFile("wb", suffix=".diff", delete=False) as fh:
+            fh.write(test_patch.encode("utf-8") + (b"" if test_patch.endswith("\n") else b"\n"))
+            path = fh.name
+        try:
+            proc = _git(ws, "apply", "--whitespace=nowarn", path)
+        finally:
+            os.unlink(path)
+        if proc.returncode != 0:
+            raise RuntimeError("the task's test_patch does not apply to its base commit: "
+                               + proc.stderr.decode(errors="replace").strip()[:300])
+    return dropped
+
+
+def make_diff(old: dict[str, str], new: dict[str, str | None]) -> str:
+    """A git-style unified diff turning `old` files into `new` ones (value None = delete the file).
+
+    Paths in `new` but not `old` are created. Used to write patches in tests, examples and tasks.
+    """
+    import difflib
+
+    chunks = []
+    for path in sorted(new):
+        before, after = old.get(path), new[path]
+        if before == after:
+            continue
+        a = [] if before is None else before.splitlines(keepends=True)
+        b = [] if after is None else after.splitlines(keepends=True)
+        for lines in (a, b):
+            if lines and not lines[-1].endswith("\n"):
+                lines[-1] += "\n\\ No newline at end of file\n"
+        head = [f"diff --git a/{path} b/{path}\n"]
+        if before is None:
+            head.append("new file mode 100644\n")
+        elif after is None:
+            head.append("deleted file mode 100644\n")
+        body = list(difflib.unified_diff(a, b, "/dev/null" if before is None else f"a/{path}",
+                                         "/dev/null" if after is None else f"b/{path}", n=3))
+        chunks.append("".join(head + body))
+    return "".join(chunks)

@@ -1,0 +1,325 @@
+"""Candidate patch + hidden tests -> reward, in a sandbox, hardened against reward hacking.
+
+    evaluate(task, patch)  -> Reward   (1.0 only when every FAIL_TO_PASS and PASS_TO_PASS test passed)
+    run_tests(task, patch) -> TestRun  (per-test outcomes; used to mine and validate tasks)
+
+The steps, in this order (SWE-bench's, plus the defences):
+  1. a fresh copy of the repository at the base commit (history-free, no remotes);
+  2. the candidate patch, with `git apply` on the host (a patch that is not valid UTF-8 or not a
+     valid diff stops here: status "patch_failed");
+  3. the hidden tests, fresh: the candidate's changes to test files, pytest configuration, conftest
+     files, start-up hooks, bytecode and shadowing modules are undone (`patching.protect`), then
+     the test_patch is applied;
+  4. the task's `setup` commands, then pytest on the requested test ids, inside the sandbox;
+  5. the outcome per test from pytest's JUnit XML, written to a random file name in a directory
+     mounted outside the workspace, never from stdout (which the code under test can print to).
+
+How the test process is started (`RUNNER`): `python -I -c RUNNER ...` -- isolated mode, so no
+PYTHON* variable, user site or current directory is honoured at start-up. The runner imports pytest
+and all of its built-in plugins and the XML writer *before* it puts the workspace first on
+`sys.path` (what `python -m pytest` would do), so a `pytest.py` or `xml/` in the patch cannot stand
+in for them. It disables plugin auto-loading (entry points in a fake `*.dist-info`), the cache
+provider, bytecode writing, and reads bytecode only from a private prefix. It ends with `os._exit`
+right after pytest returns, so `atexit` handlers of the code under test cannot rewrite the report.
+
+Cross-checks (any failure gives reward 0 with its own status):
+  - timeout / out of memory / disk over quota             -> "timeout" / "oom" / "disk_limit"
+  - no report: exit 0 -> "report_mismatch" (e.g. `os._exit(0)` at import), exit 5 -> "no_tests",
+    else "no_report"
+  - a report with no test cases                           -> "no_tests"
+  - exit status disagrees with the report (exit 0 with failures, non-zero with all passed)
+                                                          -> "report_mismatch"
+  - a requested test missing from the report counts as failed.
+
+Residual risk, stated plainly: code that runs inside the test process can monkeypatch pytest's
+objects in memory (e.g. rewrite `TestReport.outcome` from an imported module). We make that harder
+(the runner's import order, random report path, exit-status cross-check); we do not make it
+impossible. A second process that re-runs failures, or running the hidden tests in a fresh
+interpreter per test, would raise the bar further at a cost in speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shlex
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from minicoder.sandbox.base import REPORT_DIR, ExecResult, Limits, Sandbox, SandboxError
+from minicoder.sandbox.junit import ReportError, parse_junit
+from minicoder.sandbox.patching import decode_patch, patch_files, protect
+from minicoder.tasks.schema import Task
+
+PASSING = ("passed", "xfailed")  # SWE-bench counts an expected failure as passing
+
+RUNNER = r"""
+import os, sys, importlib
+report, args = sys.argv[1], sys.argv[2:]
+sys.dont_write_bytecode = True
+sys.pycache_prefix = "/tmp/.pycache"
+import pytest, _pytest.config
+for _name in tuple(_pytest.config.default_plugins) + ("junitxml", "reports", "runner", "main"):
+    try:
+        importlib.import_module("_pytest." + _name)
+    except Exception:
+        pass
+import xml.etree.ElementTree, xml.sax.saxutils, json, re, platform, functools
+
+
+class _NodeIds:
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, items):
+        for it in items:
+            it.user_properties.append(("minicoder.nodeid", it.nodeid))
+
+
+sys.path.insert(0, os.getcwd())
+sys.argv = ["pytest", *args]
+rc = pytest.main([*args, "--junitxml=" + report], plugins=[_NodeIds()])
+for _s in (sys.stdout, sys.stderr):
+    try:
+        _s.flush()
+    except Exception:
+        pass
+os._exit(int(rc))
+"""
+
+
+@dataclass
+class TestRun:
+    """The outcome of running (some of) a task's tests after a candidate patch."""
+
+    __test__ = False  # not a pytest test class
+
+    status: str  # "ok" | patch_failed | setup_failed | timeout | oom | disk_limit | no_tests | no_report
+    #              | report_mismatch | error
+    outcomes: dict[str, str] = field(default_factory=dict)  # node id -> passed/failed/error/skipped/xfailed
+    messages: dict[str, str] = field(default_factory=dict)  # node id -> failure message (first 500 chars)
+    exec: ExecResult | None = None
+    patch_applied: bool = False
+    message: str = ""  # why, in words, when status is not "ok"
+    dropped: list[str] = field(default_factory=list)  # candidate changes undone by the defences
+    test_ids: list[str] = field(default_factory=list)  # what was asked for ([] = the default set)
+    backend: str = ""
+    duration_s: float = 0.0
+
+
+@dataclass
+class Reward:
+    """The verdict on one candidate patch."""
+
+    instance_id: str
+    reward: float  # 1.0 resolved, else 0.0
+    fraction: float  # share of FAIL_TO_PASS + PASS_TO_PASS tests that passed (0 when the report is untrusted)
+    status: str  # resolved | unresolved | patch_failed | setup_failed | timeout | oom | disk_limit | no_tests
+    #              | no_report | report_mismatch | error
+    tests: dict[str, str] = field(default_factory=dict)  # requested test -> outcome ("missing" counts failed)
+    exec: ExecResult | None = None
+    duration_s: float = 0.0
+    message: str = ""
+    patch_applied: bool = False
+    dropped: list[str] = field(default_factory=list)
+    backend: str = ""
+
+    @property
+    def resolved(self) -> bool:
+        return self.reward == 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        e = self.exec
+        return {
+            "instance_id": self.instance_id, "reward": self.reward, "fraction": round(self.fraction, 6),
+            "status": self.status, "message": self.message, "tests": self.tests,
+            "patch_applied": self.patch_applied, "dropped": self.dropped, "backend": self.backend,
+            "duration_s": round(self.duration_s, 4),
+            "exec": None if e is None else {
+                "exit_code": e.exit_code, "timed_out": e.timed_out, "oom_killed": e.oom_killed,
+                "duration_s": round(e.duration_s, 4), "overhead_s": round(e.overhead_s, 4),
+                "stray_killed": e.stray_killed, "stdout_tail": e.stdout[-2000:], "stderr_tail": e.stderr[-2000:]},
+        }
+
+
+# --- the test command -----------------------------------------------------------------------------
+
+def pytest_args(task: Task) -> list[str]:
+    """The task's extra pytest arguments; only pytest commands are supported (we parse its report)."""
+    try:
+        argv = shlex.split(task.environment.test_cmd)
+    except ValueError as e:
+        raise ValueError(f"{task.instance_id}: environment.test_cmd is not a valid command line ({e})") from None
+    if argv[:1] in (["pytest"], ["py.test"]):
+        return argv[1:]
+    if len(argv) >= 3 and os.path.basename(argv[0]).startswith("python") and argv[1:3] == ["-m", "pytest"]:
+        return argv[3:]
+    raise ValueError(f"{task.instance_id}: environment.test_cmd {task.environment.test_cmd!r} is not a pytest "
+                     "command (`python -m pytest ...` or `pytest ...`); only pytest reports can be graded")
+
+
+def runner_argv(task: Task, test_ids: list[str], report_path: str) -> list[str]:
+    return ["python3", "-I", "-c", RUNNER, report_path, *pytest_args(task), "-p", "no:cacheprovider",
+            "-o", "junit_family=xunit1", "-o", "junit_logging=no", "--rootdir=/workspace", "-q",
+            "--tb=short", "-W", "ignore::DeprecationWarning", *test_ids]
+
+
+def default_test_ids(task: Task) -> list[str]:
+    """What run_tests runs with no ids: the test files of the test_patch, else the whole suite."""
+    files = [f for f in patch_files(task.test_patch) if f.endswith(".py")] if task.test_patch.strip() else []
+    return files
+
+
+# --- backends ----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def open_sandbox(backend: str | Sandbox, task: Task, limits: Limits):
+    """A prepared-to-use sandbox for `task`: "local", "docker", or a caller's instance (not closed here)."""
+    if isinstance(backend, Sandbox):
+        yield backend
+        return
+    if backend == "local":
+        from minicoder.sandbox.local import BwrapSandbox
+
+        sb = BwrapSandbox(limits, packages=task.environment.python_packages)
+    elif backend == "docker":
+        from minicoder.sandbox.docker import acquire
+
+        sb = acquire(task, limits)
+    else:
+        raise ValueError(f"unknown sandbox backend {backend!r}: expected 'local', 'docker' or a Sandbox")
+    try:
+        yield sb
+    finally:
+        sb.close()
+
+
+def _read_report(sb: Sandbox, name: str) -> bytes | None:
+    """The report file, only if it is a regular file (O_NOFOLLOW: never a symlink to a host file)."""
+    path = sb.report_dir / name
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return None
+        return fh.read(32 * 2**20 + 1)
+
+
+def _judge(tr: TestRun, res: ExecResult, data: bytes | None) -> None:
+    """Set tr.status / outcomes from the exit status and the report, with the cross-checks."""
+    if res.timed_out:
+        tr.status, tr.message = "timeout", f"tests did not finish within {res.duration_s:.1f}s"
+        return
+    if res.oom_killed:
+        tr.status, tr.message = "oom", "killed by the out-of-memory killer"
+        return
+    if res.disk_exceeded:
+        tr.status, tr.message = "disk_limit", "the workspace grew past its disk quota"
+        return
+    if data is None:
+        if res.exit_code == 0:
+            tr.status, tr.message = "report_mismatch", "pytest exited 0 but wrote no report (early exit?)"
+        elif res.exit_code == 5:
+            tr.status, tr.message = "no_tests", "no tests were collected"
+        else:
+            tr.status, tr.message = "no_report", f"no test report ({res.summary()}): {res.stderr[-300:].strip()}"
+        return
+    try:
+        cases = parse_junit(data)
+    except ReportError as e:
+        tr.status, tr.message = "report_mismatch", f"unreadable report: {e}"
+        return
+    tr.outcomes = {k: v.outcome for k, v in cases.items()}
+    tr.messages = {k: v.message for k, v in cases.items() if v.message}
+    if not cases:
+        tr.status, tr.message = "no_tests", "the report holds no test cases"
+        return
+    bad = [k for k, v in cases.items() if v.outcome in ("failed", "error")]
+    if res.exit_code == 0 and bad:
+        tr.status, tr.message = "report_mismatch", f"exit status 0 but the report has {len(bad)} failing test(s)"
+    elif res.exit_code in (1, 2, 3, 4) and not bad:
+        tr.status, tr.message = "report_mismatch", f"exit status {res.exit_code} but the report has no failure"
+    elif res.exit_code not in (0, 1, 2, 3, 4):  # 4: usage error, e.g. an id that collection lost
+        tr.status, tr.message = "report_mismatch", f"unexpected pytest exit status {res.exit_code} ({res.summary()})"
+    else:
+        tr.status = "ok"
+    if any("MemoryError" in m for m in tr.messages.values()):
+        tr.message = (tr.message + "; " if tr.message else "") + "MemoryError in the tests"
+
+
+def run_tests(task: Task, patch: str | bytes | None, test_ids: list[str] | None = None,
+              backend: str | Sandbox = "local", timeout_s: float | None = None,
+              limits: Limits | None = None) -> TestRun:
+    """Apply `patch` (None/"" = none) to a fresh workspace, then the hidden tests, and run `test_ids`
+    (default: the test_patch's test files, or the whole suite). Returns per-test outcomes."""
+    t0 = time.perf_counter()
+    limits = (limits or Limits(timeout_s=task.environment.timeout_s)).with_timeout(timeout_s)
+    ids = list(test_ids) if test_ids is not None else default_test_ids(task)
+    argv_check = pytest_args(task)  # fail early and clearly on a non-pytest command
+    del argv_check
+    tr = TestRun(status="error", test_ids=ids, backend=backend if isinstance(backend, str) else backend.backend)
+    text, why = decode_patch(patch)
+    if text is None:
+        tr.status, tr.message = "patch_failed", why
+        tr.duration_s = time.perf_counter() - t0
+        return tr
+    try:
+        with open_sandbox(backend, task, limits) as sb:
+            tr.backend = sb.backend
+            sb.prepare(task)
+            pr = sb.apply_patch(text)
+            tr.patch_applied = pr.applied
+            if not pr.applied:
+                tr.status, tr.message = "patch_failed", pr.message
+                return tr
+            try:
+                tr.dropped = protect(sb.workspace, pr.changed, task.test_patch,
+                                     task.FAIL_TO_PASS + task.PASS_TO_PASS + ids)
+            except RuntimeError as e:
+                tr.status, tr.message = "error", str(e)
+                return tr
+            sb.finalize_workspace()
+            for cmd in task.environment.setup:
+                res = sb.run(["/bin/sh", "-c", cmd], timeout_s=limits.timeout_s)
+                if not res.ok:
+                    tr.exec = res
+                    tr.status, tr.message = "setup_failed", f"setup command {cmd!r}: {res.summary()}"
+                    return tr
+            name = secrets.token_hex(16) + ".xml"
+            res = sb.run(runner_argv(task, ids, f"{REPORT_DIR}/{name}"), timeout_s=limits.timeout_s)
+            tr.exec = res
+            _judge(tr, res, _read_report(sb, name))
+            return tr
+    except SandboxError as e:
+        tr.status, tr.message = "error", f"sandbox failure: {e}"
+        return tr
+    finally:
+        tr.duration_s = time.perf_counter() - t0
+
+
+def evaluate(task: Task, patch: str | bytes | None, backend: str | Sandbox = "local",
+             timeout_s: float | None = None, limits: Limits | None = None) -> Reward:
+    """Reward 1.0 only when every FAIL_TO_PASS and PASS_TO_PASS test passed, else 0.0."""
+    ids = list(dict.fromkeys(task.FAIL_TO_PASS + task.PASS_TO_PASS))
+    tr = run_tests(task, patch, ids, backend=backend, timeout_s=timeout_s, limits=limits)
+    tests = {i: tr.outcomes.get(i, "missing") for i in ids}
+    n_pass = sum(o in PASSING for o in tests.values())
+    trusted = tr.status == "ok"
+    if trusted:
+        status = "resolved" if n_pass == len(ids) else "unresolved"
+        if status == "unresolved" and "MemoryError" in tr.message:
+            status = "oom"
+    else:
+        status = tr.status
+    missing = [i for i, o in tests.items() if o == "missing"]
+    message = tr.message
+    if trusted and missing:
+        message = (message + "; " if message else "") + f"{len(missing)} requested test(s) missing from the report"
+    return Reward(
+        instance_id=task.instance_id, reward=1.0 if status == "resolved" else 0.0,
+        fraction=(n_pass / len(ids)) if (trusted and ids) else 0.0, status=status, tests=tests, exec=tr.exec,
+        duration_s=tr.duration_s, message=message, patch_applied=tr.patch_applied, dropped=tr.dropped,
+        backend=tr.backend)
