@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BACKENDS = ("local", "docker")
+PASSING = ("passed", "xfailed")
 
 
 @dataclass
@@ -24,14 +25,24 @@ class Run:
     patch_applied: bool
     log: str = ""  # tail of the test output (for problem statements and debugging)
     seconds: float = 0.0
+    messages: dict[str, str] = field(default_factory=dict)  # test id -> failure message
+
+    @property
+    def trusted(self) -> bool:
+        """The sandbox vouches for the report (no timeout, no exit-status/report mismatch, ...)."""
+        return self.status == "ok"
 
     @property
     def passed(self) -> set[str]:
-        return {t for t, o in self.outcomes.items() if o == "passed"}
+        """Tests that passed (an expected failure counts, as in SWE-bench); none if the run is untrusted."""
+        if not self.trusted:
+            return set()
+        return {t for t, o in self.outcomes.items() if o in PASSING}
 
     def not_passed(self, ids) -> set[str]:
         """Ids among `ids` that did not pass (a test missing from the report counts as failed)."""
-        return {t for t in ids if self.outcomes.get(t) != "passed"}
+        ok = self.passed
+        return {t for t in ids if t not in ok}
 
 
 @dataclass
@@ -54,15 +65,12 @@ def run_tests(task, patch: str, test_ids: list[str] | None = None, backend: Any 
     """Run `task`'s tests with `patch` applied (hidden `test_patch` applied fresh after it)."""
     import time
 
-    from minicoder.sandbox import run_tests as sandbox_run_tests
+    from minicoder.sandbox.reward import run_tests as sandbox_run_tests
 
     t0 = time.perf_counter()
     tr = sandbox_run_tests(task, patch, test_ids=test_ids, backend=backend, timeout_s=timeout_s)
     dt = time.perf_counter() - t0
     COUNTER.add(dt)
-    ex = getattr(tr, "exec", None)
-    log = ""
-    if ex is not None:
-        log = (getattr(ex, "stdout", "") or "")[-4000:]
-    return Run(outcomes=dict(tr.outcomes), status=str(getattr(tr, "status", "")),
-               patch_applied=bool(getattr(tr, "patch_applied", True)), log=log, seconds=dt)
+    log = (tr.exec.stdout or "")[-4000:] if tr.exec is not None else ""
+    return Run(outcomes=dict(tr.outcomes), status=str(tr.status), patch_applied=bool(tr.patch_applied),
+               log=log, seconds=dt, messages=dict(getattr(tr, "messages", {}) or {}))

@@ -9,8 +9,12 @@ A task passes validation only when, all runs in the sandbox (`minicoder.sandbox.
      from what was observed, never trusted);
   4. the verifier cannot be gamed by a trivial patch: the function(s) the gold patch changes are
      replaced (on top of the gold patch) by `pass` (= deleting the body, returns None) and by
-     `return 0`, `return ""`, `return []`, `return True`, `return False`; if any of these earns the
-     full reward (every FAIL_TO_PASS and PASS_TO_PASS test passes) the task is rejected;
+     constants: `return 0`, `return ""`, `return []`, `return True`, `return False`; if any of
+     these earns the full reward (every FAIL_TO_PASS and PASS_TO_PASS test passes) the task is
+     rejected. When the function's return annotation names a type, only `pass` and the constants
+     of that type are tried (a `-> str` function is not given `return []`; `-> bool` gets True and
+     False, which also stand for 1 and 0 under `==`), which saves sandbox runs without weakening
+     the check for well-typed tests;
   5. the tests exercise the change: with the changed function(s) replaced by
      `raise NotImplementedError` (everything else fixed), every FAIL_TO_PASS test must fail. A
      test that still passes does not depend on the changed code and is dropped; if none is left the
@@ -40,6 +44,12 @@ TRIVIAL_BODIES: dict[str, str] = {
     "return True": "return True", "return False": "return False",
 }
 STUB_RAISE = "raise NotImplementedError"
+# return annotation (outer name) -> the trivial bodies worth trying besides `pass`
+_BY_ANNOTATION: dict[str, tuple[str, ...]] = {
+    "bool": ("return True", "return False"), "int": ("return 0",), "float": ("return 0",),
+    "complex": ("return 0",), "str": ('return ""',), "list": ("return []",), "List": ("return []",),
+    "Sequence": ("return []",), "Iterable": ("return []",), "None": (),
+}
 
 
 @dataclass
@@ -71,6 +81,7 @@ class ChangedFunction:
     body_start: int  # first line of the body after the docstring (1-based)
     end: int  # last line of the function
     indent: str  # indentation of the body
+    returns: str = ""  # outer name of the return annotation ("" when absent), e.g. "List" for List[int]
 
 
 def _functions(tree: ast.Module) -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
@@ -116,8 +127,30 @@ def changed_functions(before: str, after: str, path: str) -> list[ChangedFunctio
             return None
         indent = lines[first.lineno - 1][: len(lines[first.lineno - 1]) - len(lines[first.lineno - 1].lstrip())]
         start = min([first.lineno] + [d.lineno for d in getattr(first, "decorator_list", [])])
-        hit[q] = ChangedFunction(path, q, start, f.end_lineno or f.lineno, indent)
+        hit[q] = ChangedFunction(path, q, start, f.end_lineno or f.lineno, indent, _annotation_name(f.returns))
     return sorted(hit.values(), key=lambda c: c.body_start)
+
+
+def _annotation_name(node: ast.expr | None) -> str:
+    if node is None:
+        return ""
+    if isinstance(node, ast.Subscript):
+        node = node.value
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Constant) and node.value is None:
+        return "None"
+    return ""
+
+
+def trivial_bodies(funcs: list[ChangedFunction]) -> dict[str, str]:
+    """The trivial bodies to try for these functions (all of TRIVIAL_BODIES unless annotations narrow it)."""
+    if any(f.returns not in _BY_ANNOTATION for f in funcs):
+        return dict(TRIVIAL_BODIES)
+    names = {"pass"} | {b for f in funcs for b in _BY_ANNOTATION[f.returns]}
+    return {k: v for k, v in TRIVIAL_BODIES.items() if k in names}
 
 
 def stub_functions(source: str, funcs: list[ChangedFunction], body: str) -> str:
@@ -155,7 +188,8 @@ def exploit_patches(task: Task) -> tuple[dict[str, str], str, str]:
                        if base.get(p) != new.get(p))
 
     names = ", ".join(f"`{f.qualname}`" for fs in targets.values() for f in fs)
-    return {k: patch_with(v) for k, v in TRIVIAL_BODIES.items()}, patch_with(STUB_RAISE), names
+    bodies = trivial_bodies([f for fs in targets.values() for f in fs])
+    return {k: patch_with(v) for k, v in bodies.items()}, patch_with(STUB_RAISE), names
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -198,8 +232,8 @@ def validate_task(task: Task, backend: Any = "local", repeats: int = 2, check_ex
             v.dropped[t] = "flaky: outcomes differ between repeated runs"
             continue
         if not g:
-            return reject(f"gold patch fails {'FAIL_TO_PASS' if t in task.FAIL_TO_PASS else 'PASS_TO_PASS'} "
-                          f"test {t} ({gold[0].outcomes.get(t, 'missing')})")
+            return reject(f"gold patch fails a test: {'FAIL_TO_PASS' if t in task.FAIL_TO_PASS else 'PASS_TO_PASS'} "
+                          f"{t} is {gold[0].outcomes.get(t, 'missing')}")
         if e:
             p2p.append(t)
             if t in task.FAIL_TO_PASS:
