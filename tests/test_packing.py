@@ -15,6 +15,8 @@ from minicoder.data.packing import (
     IGNORE_INDEX,
     Ragged,
     StreamStats,
+    _CapacityBits,
+    _CapacityTree,
     best_fit_pack,
     best_fit_pack_reference,
     concat_pack,
@@ -118,6 +120,29 @@ def test_fast_matches_reference_on_larger_instances(dist, L):
     assert len(fast) == len(ref)
     assert sorted(fast.bin_lengths().tolist()) == sorted(sum(e - s for _, s, e in b) for b in ref)
     check_partition(fast.bins(), lengths.tolist(), L)
+
+
+@pytest.mark.parametrize("L", [1, 2, 63, 64, 65, 4096, 4097, 262_144, 300_000])
+def test_capacity_indexes_match_a_sorted_set(L):
+    """Both capacity indexes (binary max tree; fanout-64 bit tree) answer "smallest capacity >= s"
+    exactly like a brute-force set under random adds and removes."""
+    rng = np.random.default_rng(L)
+    tree, bits, present = _CapacityTree(L), _CapacityBits(L), set()
+    for _ in range(3000):
+        c = int(rng.integers(1, L + 1))
+        if c in present and rng.random() < 0.5:
+            present.discard(c)
+            tree.remove(c)
+            bits.remove(c)
+        elif c not in present:
+            present.add(c)
+            tree.add(c)
+            bits.add(c)
+        s = int(rng.integers(1, L + 1))
+        want = min((x for x in present if x >= s), default=0)
+        assert tree.smallest_at_least(s) == want and bits.smallest_at_least(s) == want
+    for c in sorted(present):
+        assert bits.smallest_at_least(c) == c
 
 
 def test_known_answer():

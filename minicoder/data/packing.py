@@ -23,7 +23,9 @@ Design choices, in order of importance:
    and leftover pieces open new bins that each take L // s of them. The result is *exactly* the
    assignment multiset of item-by-item BFD (bins with equal room are interchangeable), but the
    Python loop runs once per (length, capacity class) visited instead of once per piece: a few
-   thousand iterations for a million documents. Everything per-piece is numpy.
+   thousand iterations for a million documents. Everything per-piece is numpy. The capacity index
+   is the same segment tree with fanout 64 (``_CapacityBits``: each node a 64-bit mask of its
+   non-empty children), so a lookup is ~3 word operations instead of log2(L) Python steps.
 3. A packing is returned as flat arrays (``Packing``): pieces (doc, start, stop) ordered by bin,
    plus bin offsets, so that gathering tokens into [B, L] rows is one vectorised index.
    ``best_fit_pack`` turns that into the plain list-of-bins API.
@@ -52,8 +54,8 @@ METHODS = ("bfd", "concat", "pad")
 
 @dataclass
 class PackStats:
-    """What a packing did. ``fill`` = tokens packed / (bins * L); ``lower_bound`` = ceil(tokens packed / L),
-    the fewest rows any packing of those tokens could use."""
+    """What a packing did. ``fill`` = tokens packed / (bins * L); ``lower_bound`` = ceil(total tokens / L),
+    the fewest rows that could hold every input token (a truncating packer can go below it)."""
 
     method: str
     seq_len: int
@@ -68,7 +70,7 @@ class PackStats:
 
     @property
     def lower_bound(self) -> int:
-        return math.ceil(self.tokens_packed / self.seq_len) if self.tokens_packed else 0
+        return math.ceil(self.total_tokens / self.seq_len) if self.total_tokens else 0
 
     @property
     def fill(self) -> float:
@@ -265,43 +267,88 @@ def best_fit_pack_reference(lengths: Sequence[int] | np.ndarray, seq_len: int) -
     return bins
 
 
+class _CapacityBits:
+    """The fast path's capacity index: the same tree as ``_CapacityTree`` but with fanout 64 and
+    bitmask nodes. Level 0 holds one bit per capacity 0..L (set = some open bin has exactly that
+    room); a bit of level k+1 says "word i of level k is non-zero". Finding the smallest capacity
+    >= s looks at s's word, climbs while the rest of the word is empty, then descends taking the
+    lowest set bit: O(log_64 L) word operations (3 levels up to L = 262,144) instead of O(log_2 L)
+    Python steps."""
+
+    def __init__(self, max_capacity: int):
+        self.levels: list[list[int]] = []
+        n = max_capacity + 1
+        while True:
+            words = (n + 63) >> 6
+            self.levels.append([0] * words)
+            if words == 1:
+                break
+            n = words
+
+    def add(self, c: int) -> None:
+        for lv in self.levels:
+            w = c >> 6
+            old = lv[w]
+            lv[w] = old | (1 << (c & 63))
+            if old:
+                return  # the word was already non-empty: its parents' bits are already set
+            c = w
+
+    def remove(self, c: int) -> None:
+        for lv in self.levels:
+            w = c >> 6
+            new = lv[w] & ~(1 << (c & 63))
+            lv[w] = new
+            if new:
+                return
+            c = w
+
+    def smallest_at_least(self, s: int) -> int:
+        """Smallest capacity c >= s in the set, or 0 if none."""
+        levels = self.levels
+        c = s
+        for depth, lv in enumerate(levels):
+            w = c >> 6
+            if w >= len(lv):
+                return 0
+            m = lv[w] >> (c & 63)
+            if m:
+                c += (m & -m).bit_length() - 1
+                for d in range(depth - 1, -1, -1):  # descend along the lowest set bits
+                    m = levels[d][c]
+                    c = (c << 6) + (m & -m).bit_length() - 1
+                return c
+            c = w + 1  # nothing left in this word: look from the next word, one level up
+        return 0
+
+
 class _BinStacks:
-    """Per-capacity stacks of bin ids, each stack a list of numpy chunks (pushed and popped whole)."""
+    """Per-capacity stacks of bin ids (Python lists: cheap single pushes/pops, bulk slices)."""
 
     def __init__(self, seq_len: int):
-        self.chunks: dict[int, list[np.ndarray]] = {}
-        self.count = [0] * (seq_len + 1)
-        self.tree = _CapacityTree(seq_len)
+        self.stack: list[list[int] | None] = [None] * (seq_len + 1)
+        self.index = _CapacityBits(seq_len)
 
-    def push(self, c: int, bins: np.ndarray) -> None:
-        if c == 0 or len(bins) == 0:
+    def push(self, c: int, bins: list[int]) -> None:
+        if c == 0:
             return  # a full bin leaves the game
-        if self.count[c] == 0:
-            self.chunks[c] = []
-            self.tree.add(c)
-        self.chunks[c].append(bins)
-        self.count[c] += len(bins)
+        st = self.stack[c]
+        if st:
+            st.extend(bins)
+        else:
+            self.stack[c] = list(bins)
+            self.index.add(c)
 
-    def pop(self, c: int, n: int) -> np.ndarray:
-        """Pop n bins from the top of stack c (last pushed first)."""
-        stack = self.chunks[c]
-        got: list[np.ndarray] = []
-        need = n
-        while need:
-            top = stack[-1]
-            if len(top) <= need:
-                got.append(top[::-1])
-                stack.pop()
-                need -= len(top)
-            else:
-                got.append(top[: len(top) - need - 1 : -1])
-                stack[-1] = top[: len(top) - need]
-                need = 0
-        self.count[c] -= n
-        if self.count[c] == 0:
-            self.tree.remove(c)
-            del self.chunks[c]
-        return got[0] if len(got) == 1 else np.concatenate(got)
+    def pop(self, c: int, n: int) -> list[int]:
+        """Pop n bins from the top of stack c (n <= its size)."""
+        st = self.stack[c]
+        if n == len(st):
+            self.stack[c] = None
+            self.index.remove(c)
+            return st
+        out = st[-n:]
+        del st[-n:]
+        return out
 
 
 def _bfd_assign(piece_len: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -321,33 +368,31 @@ def _bfd_assign(piece_len: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.nda
 
     bin_of = np.empty(P, dtype=np.int64)
     stacks = _BinStacks(seq_len)
+    count_of = stacks.stack
+    find = stacks.index.smallest_at_least
     n_bins = 0
     pos = 0
     for s in sizes:
         k = counts_l[s]
         # 1) serve from existing bins, tightest capacity class first
         while k:
-            c = stacks.tree.smallest_at_least(s)
+            c = find(s)
             if not c:
                 break
             q = c // s  # pieces one bin of this class takes before its room drops below s
-            avail = stacks.count[c]
+            avail = len(count_of[c])
             full = k // q
             if full >= avail:  # the whole class is used up, each bin takes q pieces
-                bins = stacks.pop(c, avail)
-                m = avail * q
-                bin_of[pos : pos + m] = np.repeat(bins, q) if q > 1 else bins
-                stacks.push(c - q * s, bins)
-                pos += m
-                k -= m
-                continue
+                full = avail
             if full:
                 bins = stacks.pop(c, full)
                 m = full * q
-                bin_of[pos : pos + m] = np.repeat(bins, q) if q > 1 else bins
+                bin_of[pos : pos + m] = bins if q == 1 else np.repeat(bins, q)
                 stacks.push(c - q * s, bins)
                 pos += m
                 k -= m
+                if full == avail:
+                    continue
             if k:  # fewer than q left: one more bin takes them all and stays in reach (room >= s)
                 b = stacks.pop(c, 1)
                 bin_of[pos : pos + k] = b[0]
@@ -358,13 +403,16 @@ def _bfd_assign(piece_len: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.nda
             continue
         # 2) open new bins; each takes L // s pieces in a row (it stays the tightest fit meanwhile)
         q = seq_len // s
-        nb = -(-k // q)
-        bin_of[pos : pos + k] = n_bins + np.arange(k, dtype=np.int64) // q
         full, rest = divmod(k, q)
-        stacks.push(seq_len - q * s, np.arange(n_bins, n_bins + full, dtype=np.int64))
+        if q == 1:
+            bin_of[pos : pos + k] = np.arange(n_bins, n_bins + k, dtype=np.int64)
+        else:
+            bin_of[pos : pos + k] = n_bins + np.arange(k, dtype=np.int64) // q
+        if full:
+            stacks.push(seq_len - q * s, range(n_bins, n_bins + full))
         if rest:
-            stacks.push(seq_len - rest * s, np.array([n_bins + full], dtype=np.int64))
-        n_bins += nb
+            stacks.push(seq_len - rest * s, [n_bins + full])
+        n_bins += full + (1 if rest else 0)
         pos += k
     return order, bin_of, n_bins
 
