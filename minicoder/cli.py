@@ -16,6 +16,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("minicoder.demo", "run the end-to-end toy pipeline (what exists of it) on this machine"),
     "pack": ("minicoder.data.cli", "corpus -> tokenizer -> Best-Fit / concat / pad packed sequences, with stats"),
+    "model": ("minicoder.model.cli", "model accounting (params, FLOPs, memory, cache) and checkpoint validation"),
     "synth": ("minicoder.tasks.cli", "synthesise verifiable tasks: mine git history, or inject bugs (HumanEval, a package)"),
     "validate": ("minicoder.tasks.validate", "validate tasks in the sandbox: gold passes, empty fails, stable, not exploitable"),
 }

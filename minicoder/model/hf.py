@@ -115,18 +115,13 @@ def _stacked_to_disk_names(model: HybridLM) -> dict[str, list[str]]:
     return out
 
 
-def load_pretrained(
-    path: str | Path,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None,
-    config_overrides: dict | None = None,
-) -> HybridLM:
-    """Read a Qwen3-Next checkpoint folder into a HybridLM (eval mode).
+def check_checkpoint(
+    path: str | Path, config_overrides: dict | None = None
+) -> tuple[ModelConfig, dict[str, Path], HybridLM]:
+    """Validate a checkpoint folder without reading any weights (headers only).
 
-    path: folder with config.json and model.safetensors or model.safetensors.index.json + shards.
-    dtype: floating-point dtype for every weight (default: float32).
-    config_overrides: ModelConfig fields to change (e.g. {"kernel": "torch"}), not shapes.
-    Raises CheckpointError naming missing / unexpected / wrong-shape tensors.
+    Returns (config, tensor name -> file, the model built on the meta device). Raises CheckpointError
+    naming missing / unexpected / wrong-shape tensors, or a missing config.json / weights file.
     """
     path = Path(path)
     cfg_file = path / "config.json"
@@ -139,7 +134,6 @@ def load_pretrained(
         cfg = cfg.replace(num_nextn_predict_layers=_infer_mtp_depth(list(files)))
     if config_overrides:
         cfg = cfg.replace(**config_overrides)
-    dtype = dtype or torch.float32
 
     with torch.device("meta"):
         model = HybridLM(cfg)
@@ -175,6 +169,26 @@ def load_pretrained(
                 f"tensor {name!r} has shape {list(shape)} in the checkpoint but the model needs {list(expected[name])}"
             )
 
+    return cfg, files, model
+
+
+def load_pretrained(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    config_overrides: dict | None = None,
+) -> HybridLM:
+    """Read a Qwen3-Next checkpoint folder into a HybridLM (eval mode).
+
+    path: folder with config.json and model.safetensors or model.safetensors.index.json + shards.
+    dtype: floating-point dtype for every weight (default: float32).
+    config_overrides: ModelConfig fields to change (e.g. {"kernel": "torch"}), not shapes.
+    Raises CheckpointError naming missing / unexpected / wrong-shape tensors.
+    """
+    cfg, files, model = check_checkpoint(path, config_overrides)
+    dtype = dtype or torch.float32
+    params = model.state_dict(keep_vars=True)
+    stacked_cover = _stacked_to_disk_names(model)
     # Read tensor by tensor straight into place.
     state: dict[str, torch.Tensor] = {}
     for name, p in params.items():
