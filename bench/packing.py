@@ -65,6 +65,8 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         **{f"{k}_version": v for k, v in versions.items()},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        # The machine may be shared: the load average says how contended the timings were.
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -194,6 +196,7 @@ def main() -> int:
                   f"{r['bins_over_lower_bound']:>8.4f}{r['tokens_dropped']:>12}{r['docs_split']:>8}")
         print(f"speed-up of ours over TRL bfd on the same {len(sub_trl)} docs: {speedup:.1f}x")
 
+    results["machine"]["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=float))
     print(f"\nwrote {args.out}")
