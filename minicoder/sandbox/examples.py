@@ -140,7 +140,7 @@ def hostile_patches(canary_file: str = "/nonexistent/canary", canary_env: str = 
         0.0, ("oom", "unresolved", "no_report"), "allocates until out of memory")
     P["disk"] = HostilePatch(_patch({"calc/ops.py": _ops_with("", prelude=(
         "import os\n"
-        "for _i in range(400):\n"
+        "for _i in range(100):\n"
         "    try:\n"
         "        with open(f'fill_{_i}.bin', 'wb') as _f:\n"
         "            for _j in range(64):\n"
@@ -161,7 +161,7 @@ def hostile_patches(canary_file: str = "/nonexistent/canary", canary_env: str = 
     P["read_host"] = HostilePatch(_patch({"calc/ops.py": _ops_with(
         "    import os\n"
         f"    leaks = [os.path.exists({canary_file!r}), {canary_env!r} in os.environ,\n"
-        "             os.path.exists('/root/.bashrc'), os.path.exists('/work'), os.path.exists('/home'),\n"
+        "             os.path.exists('/root/.bashrc'), os.path.exists('/work'),\n"
         "             os.environ.get('HOME', '').startswith('/root')]\n"
         "    if any(leaks):\n"
         "        return -1  # only reached when host files or variables are visible\n", fixed=True)}),
