@@ -117,7 +117,13 @@ def unpack_source(source: str, cache: Path | None = None) -> Path:
 
 
 def _synth_mutate(args) -> int:
-    from minicoder.tasks.mutate import OPERATORS, MutationError, humaneval_problems, humaneval_subject, repo_subject
+    from minicoder.tasks.mutate import (
+        OPERATORS,
+        MutationError,
+        humaneval_problems,
+        humaneval_subject,
+        repo_subject,
+    )
     from minicoder.tasks.pipeline import synth_mutate
 
     _check_common(args)

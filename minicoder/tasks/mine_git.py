@@ -92,7 +92,7 @@ class Language:
 
 
 LANGUAGES: dict[str, Language] = {
-    "python": Language("python", (".py",), _py_is_test, "python -m pytest -p no:cacheprovider",
+    "python": Language("python", (".py",), _py_is_test, "python -m pytest",
                        parse_pytest_log, runnable=True),
     "go": Language("go", (".go",), lambda p: p.endswith("_test.go"), "go test -v ./...", parse_go_log),
     "javascript": Language("javascript", (".js", ".mjs", ".cjs", ".ts"),

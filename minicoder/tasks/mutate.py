@@ -455,7 +455,7 @@ def humaneval_subject(problem: dict[str, str]) -> Subject:
 
 
 def repo_subject(root: str | Path, name: str | None = None, is_test: Callable[[str], bool] | None = None,
-                 test_cmd: str = "python -m pytest -p no:cacheprovider", timeout_s: float = 120.0) -> Subject:
+                 test_cmd: str = "python -m pytest", timeout_s: float = 120.0) -> Subject:
     """A Python project on disk (e.g. an unpacked sdist) with a pytest suite.
 
     Source files (non-test `.py` files outside docs/, setup.py and conftest.py) may be mutated;

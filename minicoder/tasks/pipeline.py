@@ -62,12 +62,14 @@ class Ledger:
                     raise TaskFormatError(f"{self.path.name} line {lineno}: not valid JSON; "
                                           f"delete the ledger to start over") from None
                 self.records[rec["id"]] = rec
-        self.resumed = len(self.records)
+        self.resumed = sum(1 for r in self.records.values() if r.get("kind", "candidate") == "candidate")
+        self.run_id = f"{os.getpid()}-{time.time():.0f}"  # marks the records this run adds
 
     def __contains__(self, cid: str) -> bool:
         return cid in self.records
 
     def add(self, rec: dict[str, Any]) -> None:
+        rec = {**rec, "run_id": self.run_id}
         line = json.dumps(rec, ensure_ascii=False) + "\n"
         with self.lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +112,9 @@ class Summary:
     processed: int = 0  # candidates processed in this run
     sandbox_runs: int = 0
     seconds: float = 0.0
-    tasks_per_minute: float = 0.0
+    tasks_per_minute: float = 0.0  # candidates processed per minute in this run
+    kept_now: int = 0  # candidates kept (validated, when validating) in this run
+    kept_per_minute: float = 0.0
     failed_validation: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -132,17 +136,20 @@ class Summary:
                 rows.append(f"{op:<20}" + "".join(f"{v.get(c, 0):>16}" for c in cols))
         rows.append(f"flaky tests dropped: {self.flaky_dropped}; sandbox runs: {self.sandbox_runs}; "
                     f"resumed: {self.resumed}, processed now: {self.processed}; "
-                    f"{self.seconds:.1f}s, {self.tasks_per_minute:.1f} tasks/min")
+                    f"{self.seconds:.1f}s, {self.tasks_per_minute:.1f} candidates/min, "
+                    f"{self.kept_per_minute:.1f} kept tasks/min")
         return "\n".join(rows)
 
 
 def _finish(command: str, out: Path, ledger: Ledger, processed: int, seconds: float, runs: int,
-            qa: QAConfig | None, do_qa: bool, stages: list[str]) -> Summary:
-    """QA over kept tasks, write the output and the report."""
-    recs = ledger.candidates()
+            qa: QAConfig | None, do_qa: bool, stages: list[str], only: set[str] | None = None) -> Summary:
+    """QA over kept tasks, write the output and the report. `only`: the candidate ids of this run's plan
+    (a ledger may hold more, e.g. from a larger run with the same seed; they are left out)."""
+    recs = [r for r in ledger.candidates() if only is None or r["id"] in only]
     kept = [Task.from_dict(r["task"], f"ledger {r['id']}") for r in recs if r["kept"]]
     s = Summary(command=command, out=str(out), resumed=ledger.resumed, processed=processed,
                 seconds=round(seconds, 2), sandbox_runs=runs)
+    s.kept_now = sum(1 for r in recs if r["kept"] and r.get("run_id") == ledger.run_id)
     rej: dict[str, Counter] = defaultdict(Counter)
     for r in recs:
         if not r["kept"]:
@@ -176,6 +183,7 @@ def _finish(command: str, out: Path, ledger: Ledger, processed: int, seconds: fl
     s.failed_validation = sum(1 for r in recs if not r["kept"] and r["stage"] == "validate")
     write_tasks(out, sorted(final, key=lambda t: t.instance_id))
     s.tasks_per_minute = round(processed / (seconds / 60), 2) if seconds > 0 and processed else 0.0
+    s.kept_per_minute = round(s.kept_now / (seconds / 60), 2) if seconds > 0 else 0.0
     Path(str(out) + ".report.json").write_text(json.dumps(s.to_dict(), indent=2) + "\n")
     return s
 
@@ -246,6 +254,7 @@ def synth_mutate(subjects: Iterable[Any], out: str | os.PathLike, *, per_subject
     subjects = list(subjects)
     plan = [(s, candidates(s, per_subject, seed, ops)) for s in subjects]
     todo = sum(1 for _, cs in plan for cid, _ in cs if cid not in ledger)
+    planned: set[str] = {cid for _, cs in plan for cid, _ in cs}
     t_start = time.perf_counter()
     runs0 = COUNTER.n
     processed = [0]
@@ -293,8 +302,9 @@ def synth_mutate(subjects: Iterable[Any], out: str | os.PathLike, *, per_subject
                 kept_singles.append((cid, ms))
             bar.update(1)
         if combine > 0 and not stop.is_set():
-            combos = [(cid, ms) for cid, ms in combinations(subject, kept_singles, combine, 2, seed)
-                      if cid not in ledger]
+            all_combos = combinations(subject, kept_singles, combine, 2, seed)
+            planned.update(cid for cid, _ in all_combos)
+            combos = [(cid, ms) for cid, ms in all_combos if cid not in ledger]
             bar.total += len(combos)
             for cid, ms in combos:
                 one(cid, ms)
@@ -306,7 +316,7 @@ def synth_mutate(subjects: Iterable[Any], out: str | os.PathLike, *, per_subject
         bar.close()
     stages = ["execute", "validate"] if validate else ["execute"]
     return _finish(command, out, ledger, processed[0], time.perf_counter() - t_start, COUNTER.n - runs0, qa,
-                   True, stages)
+                   True, stages, only=planned)
 
 
 # --- synth git ----------------------------------------------------------------------------------

@@ -8,20 +8,22 @@ A task passes validation only when, all runs in the sandbox (`minicoder.sandbox.
      PASS_TO_PASS test that fails without the fix moves to FAIL_TO_PASS (the lists are re-derived
      from what was observed, never trusted);
   4. the verifier cannot be gamed by a trivial patch: the function(s) the gold patch changes are
-     replaced (on top of the gold patch) by `pass` (= deleting the body, returns None) and by
-     constants: `return 0`, `return ""`, `return []`, `return True`, `return False`; if any of
-     these earns the full reward (every FAIL_TO_PASS and PASS_TO_PASS test passes) the task is
-     rejected. When the function's return annotation names a type, only `pass` and the constants
-     of that type are tried (a `-> str` function is not given `return []`; `-> bool` gets True and
-     False, which also stand for 1 and 0 under `==`), which saves sandbox runs without weakening
-     the check for well-typed tests;
-  5. the tests exercise the change: with the changed function(s) replaced by
-     `raise NotImplementedError` (everything else fixed), every FAIL_TO_PASS test must fail. A
-     test that still passes does not depend on the changed code and is dropped; if none is left the
-     task is rejected. This is the cheap, honest form of "does the verifier look at the fix?": one
-     extra run, no coverage tracing, and it also catches tests that only check "something raised".
-Checks 4-5 need the change to sit inside a Python function (not at module level); otherwise they
-are recorded as skipped. Runs from an earlier stage (the mutation or mining stage ran the same
+     replaced (on top of the gold patch, so any change outside them stays fixed) by `pass`
+     (= deleting the body, returns None), by constants (`return 0`, `return ""`, `return []`,
+     `return True`, `return False`) and by `raise NotImplementedError`; if any of these earns the
+     full reward (every FAIL_TO_PASS and PASS_TO_PASS test passes) the task is rejected. When the
+     function's return annotation names a type, only the constants of that type are tried (a
+     `-> str` function is not given `return []`; `-> bool` gets True and False, which also stand
+     for 1 and 0 under `==`): fewer sandbox runs, no weaker check for well-typed tests;
+  5. the tests exercise the change: a FAIL_TO_PASS test that passes under *every* stub of check 4
+     (the function returning None, constants, or raising) does not depend on the changed code at
+     all - it failed before the fix because of something else (e.g. a version string the patch
+     also bumps). Such tests are dropped; if no FAIL_TO_PASS test is left the task is rejected.
+     This is the cheap, honest form of "does the verifier look at the fix?": no coverage tracing,
+     no extra run (it reuses check 4's runs), and the raising stub also exposes tests that only
+     check "something raised".
+Checks 4-5 need at least one changed Python function (a patch that changes only module-level code
+or non-Python files is recorded as skipped). Runs from an earlier stage (the mutation or mining stage ran the same
 gold and empty patches) can be passed in as `prior` and count as repeats, so nothing runs twice.
 """
 
@@ -100,7 +102,8 @@ def _functions(tree: ast.Module) -> list[tuple[str, ast.FunctionDef | ast.AsyncF
 
 
 def changed_functions(before: str, after: str, path: str) -> list[ChangedFunction] | None:
-    """The outermost functions of `after` that contain a changed line; None if a change is outside any."""
+    """The outermost functions of `after` that contain a changed line (changes at module level are not
+    functions and are skipped); None when `after` does not parse or a function is a one-liner."""
     try:
         tree = ast.parse(after)
     except SyntaxError:
@@ -116,7 +119,7 @@ def changed_functions(before: str, after: str, path: str) -> list[ChangedFunctio
     for ln in changed:
         owner = next(((q, f) for q, f in funcs if f.lineno <= ln <= (f.end_lineno or f.lineno)), None)
         if owner is None:
-            return None
+            continue
         q, f = owner
         body = f.body
         if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
@@ -174,7 +177,7 @@ def exploit_patches(task: Task) -> tuple[dict[str, str], str, str]:
             continue
         funcs = changed_functions(base.get(fp.path, ""), fixed[fp.path], fp.path)
         if funcs is None:
-            return {}, "", f"the change in {fp.path} is not inside a function"
+            return {}, "", f"cannot stub the changed functions of {fp.path} (a one-line def, or it does not parse)"
         if funcs:
             targets[fp.path] = funcs
     if not targets:
@@ -253,21 +256,22 @@ def validate_task(task: Task, backend: Any = "local", repeats: int = 2, check_ex
         if not trivial:
             v.checks["exploits"] = f"skipped: {note}"
         else:
-            for name, patch in trivial.items():
+            survivors = set(f2p)  # FAIL_TO_PASS tests that pass under every stub so far
+            for name, patch in [*trivial.items(), (STUB_RAISE, stub)]:
                 r = run(patch, f2p + p2p)
                 if not r.not_passed(f2p + p2p):
                     v.checks["exploits"] = f"`{name}` passes"
                     return reject(f"exploitable verifier: every test passes when {note} is replaced by `{name}`")
-            v.checks["exploits"] = f"none of {len(trivial)} trivial patches passes"
-            r = run(stub, f2p)
-            unexercised = sorted(set(f2p) - r.not_passed(f2p))
+                survivors &= r.passed
+            v.checks["exploits"] = f"none of {len(trivial) + 1} trivial patches passes"
+            unexercised = sorted(survivors)
             if unexercised and len(unexercised) == len(f2p):
                 v.checks["exercised"] = "no"
-                return reject(f"tests do not exercise the changed code: every FAIL_TO_PASS test passes when "
-                              f"{note} raises NotImplementedError")
+                return reject(f"tests do not exercise the changed code: every FAIL_TO_PASS test passes whatever "
+                              f"{note} does (returns None, a constant, or raises)")
             for t in unexercised:
                 f2p.remove(t)
-                v.dropped[t] = "does not exercise the changed code (passes when it raises NotImplementedError)"
+                v.dropped[t] = "does not exercise the changed code (passes under every stub)"
             v.checks["exercised"] = "yes" if not unexercised else f"{len(unexercised)} FAIL_TO_PASS test(s) dropped"
     out = copy.deepcopy(task)
     out.FAIL_TO_PASS, out.PASS_TO_PASS = sorted(f2p), sorted(p2p)
