@@ -94,3 +94,16 @@ def test_memory_plan():
 def test_summary_mentions_the_numbers():
     text = summary(ModelConfig.from_preset("full"))
     assert "79.674B" in text and "3.875B" in text and "3.253B" in text
+
+
+def test_cli_info(capsys, tmp_path):
+    from minicoder.cli import main
+
+    assert main(["model", "info", "--preset", "full", "--seq-len", "262144"]) == 0
+    out = capsys.readouterr().out
+    assert "79.674B" in out and "KV 6.00 GiB" in out  # 12 layers x 2 x 2 heads x 256 x 2 B x 262144
+    ModelConfig.from_preset("toy").to_json(tmp_path / "config.json")
+    assert main(["model", "info", "--config", str(tmp_path)]) == 0
+    (tmp_path / "config.json").write_text('{"num_key_value_heads": 3}')
+    assert main(["model", "info", "--config", str(tmp_path)]) == 2
+    assert "ModelConfig.num_key_value_heads" in capsys.readouterr().err

@@ -59,6 +59,7 @@ def test_greedy_matches_transformers_generate(model, tmp_path):
     assert got.finish_reasons == ["length"]
 
 
+@pytest.mark.slow
 def test_padded_batch_equals_each_prompt_alone(model):
     prompts = [[5, 6, 7, 8, 9, 10, 11, 12], [40], [1, 2, 3]]
     batch = generate(model, prompts, max_new_tokens=9)
@@ -71,6 +72,7 @@ def test_padded_batch_equals_each_prompt_alone(model):
     assert mem["full_attention"] > 0 and mem["linear_attention"] > 0
 
 
+@pytest.mark.slow
 def test_stop_tokens_end_rows(model):
     free = generate(model, [[5, 6, 7], [1, 2]], max_new_tokens=10)
     stop = free.tokens[0][3]  # the 4th token row 0 produces
@@ -84,6 +86,7 @@ def test_stop_tokens_end_rows(model):
         assert out.tokens[1] == free.tokens[1] and out.finish_reasons[1] == "length"
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_and_top_k_1_is_greedy(model):
     kw = dict(max_new_tokens=8, temperature=1.3, top_p=0.9)
     a = generate(model, [[4, 5, 6]], generator=torch.Generator().manual_seed(1), **kw)

@@ -212,3 +212,15 @@ def test_missing_files_are_reported(tmp_path):
     make_config("3to1_gqa_top2").to_json(tmp_path / "config.json")
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_pretrained(tmp_path)
+
+
+def test_cli_check(saved, capsys):
+    from minicoder.cli import main
+
+    path, sd = saved
+    assert main(["model", "check", str(path)]) == 0
+    assert "OK" in capsys.readouterr().out
+    sd.pop("model.norm.weight")
+    save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+    assert main(["model", "check", str(path)]) == 2
+    assert "model.norm.weight" in capsys.readouterr().err

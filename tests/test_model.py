@@ -209,6 +209,7 @@ def test_mtp_uses_embedding_then_hidden():
     torch.testing.assert_close(no_hidden, other)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer_types", [None, ["full_attention", "linear_attention", "linear_attention", "full_attention"]])
 def test_packed_documents_equal_separate_forwards(layer_types):
     cfg = tiny(**({"layer_types": layer_types} if layer_types else {}))
@@ -238,6 +239,7 @@ def test_packed_documents_equal_separate_forwards(layer_types):
     torch.testing.assert_close(out2.ce_loss, out.ce_loss)
 
 
+@pytest.mark.slow
 def test_incremental_decoding_reproduces_full_forward():
     cfg = tiny(num_hidden_layers=5, layer_types=["linear_attention", "full_attention", "linear_attention",
                                                  "linear_attention", "full_attention"])
