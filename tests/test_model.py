@@ -303,3 +303,25 @@ def test_gpu_forward_matches_cpu():
         cpu = model(ids.reshape(1, 140), cu_seqlens=cu).logits
         gpu = model.cuda()(ids.reshape(1, 140).cuda(), cu_seqlens=cu.cuda()).logits.cpu()
     torch.testing.assert_close(gpu, cpu, atol=2e-3, rtol=0)
+
+
+@pytest.mark.slow
+def test_data_stage_packed_batch_equals_separate_documents():
+    # The data stage's PackedBatch ([B, L] rows, cu_seqlens over the flattened tokens, pre-shifted
+    # labels, padding tails as their own segments) gives the per-document losses.
+    packing = pytest.importorskip("minicoder.data.packing")
+    model = make_model(tiny(), seed=4)
+    g = torch.Generator().manual_seed(0)
+    docs = [torch.randint(1, 64, (n,), generator=g).tolist() for n in (7, 3, 11, 5, 2)]
+    pb = packing.packed_batch(packing.pack([len(d) for d in docs], 12, method="bfd"), docs)
+    t = pb.to_torch()
+    with torch.no_grad():
+        out = model(t["input_ids"], position_ids=t["position_ids"], cu_seqlens=t["cu_seqlens"], targets=t["labels"])
+        sep = [model(torch.tensor([d]), labels=torch.tensor([d])) for d in docs]
+    n_targets = [len(d) - 1 for d in docs]
+    want = sum(s.ce_loss * k for s, k in zip(sep, n_targets) if k > 0) / sum(n_targets)
+    torch.testing.assert_close(out.ce_loss, want, atol=1e-5, rtol=0)
+    # each document's logits sit where the packing put it
+    doc_ids = torch.as_tensor(pb.doc_ids)
+    for i, s in enumerate(sep):
+        torch.testing.assert_close(out.logits[doc_ids == i], s.logits[0], atol=1e-5, rtol=0)

@@ -13,19 +13,17 @@ accounting.py (parameter / FLOP / memory accounting on the meta device).
 """
 
 from minicoder.model.cache import HybridCache
+from minicoder.model.generate import GenerationOutput, generate
+from minicoder.model.hf import CheckpointError, load_pretrained, save_pretrained
 from minicoder.model.model import HybridLM, ModelOutput
 
-__all__ = ["HybridCache", "HybridLM", "ModelOutput", "generate", "load_pretrained", "save_pretrained"]
-
-
-def __getattr__(name: str):
-    # generate / hf are imported lazily so `import minicoder.model` stays light
-    if name == "generate":
-        from minicoder.model.generate import generate
-
-        return generate
-    if name in ("load_pretrained", "save_pretrained"):
-        from minicoder.model import hf
-
-        return getattr(hf, name)
-    raise AttributeError(name)
+__all__ = [
+    "CheckpointError",
+    "GenerationOutput",
+    "HybridCache",
+    "HybridLM",
+    "ModelOutput",
+    "generate",
+    "load_pretrained",
+    "save_pretrained",
+]
