@@ -234,9 +234,13 @@ class ContainerPool:
                     time.sleep(1.0)
                     break
                 with self.lock:
-                    if self.stopped:
-                        break
-                    self.ready.append(slot)
+                    late = self.stopped
+                    if not late:
+                        self.ready.append(slot)
+                if late:  # shut down while this one was being created: do not leak it
+                    _remove(slot.container)
+                    remove_tree(slot.root)
+                    break
 
     def acquire(self) -> _Slot:
         if self.stopped:

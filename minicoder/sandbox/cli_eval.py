@@ -1,0 +1,178 @@
+"""`minicoder eval`: grade predictions (SWE-bench convention) against tasks in sandboxes.
+
+    minicoder eval --tasks tasks.jsonl --predictions preds.jsonl --backend local --workers 2 \
+                   --out results.jsonl
+
+Predictions are JSONL rows `{"instance_id": ..., "model_patch": ...}` (extra fields are ignored).
+Results are appended to `--out` one JSON line per instance *as each finishes* (flushed and synced),
+so a killed run loses nothing, and re-running skips instances already in `--out`. Ends with a
+summary table (status counts, resolved rate, latency).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="grade predictions against tasks in sandboxes (rewards from hidden tests)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", required=True, help="tasks JSONL (or an HF datasets folder)")
+    p.add_argument("--predictions", required=True, help="JSONL of {instance_id, model_patch}")
+    p.add_argument("--backend", choices=("local", "docker"), default="local")
+    p.add_argument("--workers", type=int, default=1, help="evaluations in parallel")
+    p.add_argument("--out", required=True, help="results JSONL (appended; finished instances are skipped)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per test run (default: each task's own)")
+    p.add_argument("--memory-mb", type=int, default=2048)
+    p.add_argument("--pids", type=int, default=256)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def read_predictions(path: str) -> dict[str, str]:
+    from minicoder.cli import UserError
+
+    preds: dict[str, str] = {}
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--predictions: no such file: {path}")
+    with open(p, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{p.name} line {lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("instance_id"), str):
+                raise UserError(f"{p.name} line {lineno}: expected an object with a string 'instance_id'")
+            patch = row.get("model_patch")
+            if patch is not None and not isinstance(patch, str):
+                raise UserError(f"{p.name} line {lineno}: 'model_patch' must be a string or null")
+            if row["instance_id"] in preds:
+                raise UserError(f"{p.name} line {lineno}: duplicate instance_id {row['instance_id']!r}")
+            preds[row["instance_id"]] = patch or ""
+    return preds
+
+
+def finished_ids(path: str) -> set[str]:
+    """Instance ids already in a results file (a half-written last line is ignored)."""
+    done: set[str] = set()
+    if not os.path.exists(path):
+        return done
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "instance_id" in row:
+                done.add(row["instance_id"])
+    return done
+
+
+def _repair_tail(path: str) -> None:
+    """Drop a partial last line left by a killed run, so appends start on a fresh line."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1
+        fh.seek(cut)
+        fh.truncate()
+
+
+def summary_table(rows: list[dict]) -> str:
+    if not rows:
+        return "no results"
+    counts = Counter(r["status"] for r in rows)
+    n = len(rows)
+    resolved = sum(r["reward"] == 1.0 for r in rows)
+    durs = sorted(r["duration_s"] for r in rows)
+    lines = [f"{'status':<18}{'count':>7}{'share':>9}", "-" * 34]
+    for status, c in counts.most_common():
+        lines.append(f"{status:<18}{c:>7}{c / n:>9.1%}")
+    lines += ["-" * 34, f"{'resolved':<18}{resolved:>7}{resolved / n:>9.1%}",
+              f"mean fraction of tests passed: {sum(r['fraction'] for r in rows) / n:.3f}",
+              f"latency: median {durs[n // 2]:.2f}s, max {durs[-1]:.2f}s"]
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from minicoder.cli import UserError
+    from minicoder.sandbox.base import Limits, SandboxError
+    from minicoder.sandbox.reward import evaluate
+    from minicoder.tasks.schema import TaskFormatError, read_tasks
+
+    if args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    try:
+        tasks = {t.instance_id: t for t in read_tasks(args.tasks)}
+    except TaskFormatError as e:
+        raise UserError(str(e)) from None
+    preds = read_predictions(args.predictions)
+    unknown = sorted(set(preds) - set(tasks))
+    if unknown:
+        raise UserError(f"{len(unknown)} prediction(s) name no task in {args.tasks}, e.g. {unknown[0]!r}")
+    _repair_tail(args.out)
+    done = finished_ids(args.out)
+    todo = [i for i in preds if i not in done]
+    print(f"{len(preds)} predictions, {len(done & set(preds))} already in {args.out}, {len(todo)} to evaluate "
+          f"({args.backend} backend, {args.workers} worker(s))")
+    if args.backend == "docker":
+        try:
+            from minicoder.sandbox.docker import client
+
+            client()
+        except SandboxError as e:
+            raise UserError(str(e)) from None
+
+    lock = threading.Lock()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    out = open(args.out, "a", encoding="utf-8")  # noqa: SIM115 -- kept open across threads, closed below
+
+    def one(iid: str) -> dict:
+        t = tasks[iid]
+        limits = Limits(timeout_s=args.timeout or t.environment.timeout_s, memory_mb=args.memory_mb, pids=args.pids)
+        row = evaluate(t, preds[iid], backend=args.backend, limits=limits).to_dict()
+        with lock:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        return row
+
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    pool = ThreadPoolExecutor(max_workers=args.workers)
+    try:
+        with tqdm(total=len(todo), desc="eval", unit="task", disable=args.quiet) as bar:
+            pending = {pool.submit(one, iid) for iid in todo}
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    row = f.result()
+                    rows.append(row)
+                    bar.update(1)
+                    bar.set_postfix(resolved=sum(r["reward"] == 1.0 for r in rows))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        out.close()
+        if args.backend == "docker":
+            from minicoder.sandbox.docker import shutdown_pools
+
+            shutdown_pools()
+    wall = time.perf_counter() - t0
+    print(summary_table(rows))
+    if rows:
+        print(f"{len(rows)} evaluated in {wall:.1f}s ({len(rows) / wall:.2f} evaluations/s); results: {args.out}")
+    return 0
