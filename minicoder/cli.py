@@ -15,6 +15,8 @@ import sys
 # subcommand name -> (module with add_parser, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("minicoder.demo", "run the end-to-end toy pipeline (what exists of it) on this machine"),
+    "eval": ("minicoder.sandbox.cli_eval", "grade predictions against tasks in sandboxes (test-based rewards)"),
+    "cleanup": ("minicoder.sandbox.cli_cleanup", "remove leftover sandbox containers and folders"),
     "pack": ("minicoder.data.cli", "corpus -> tokenizer -> Best-Fit / concat / pad packed sequences, with stats"),
     "model": ("minicoder.model.cli", "model accounting (params, FLOPs, memory, cache) and checkpoint validation"),
     "synth": ("minicoder.tasks.cli", "synthesise verifiable tasks: mine git history, or inject bugs (HumanEval, a package)"),
