@@ -377,6 +377,7 @@ def test_stream_errors():
 # ---------------------------------------------------------------------------------- CLI and demo
 
 
+@pytest.mark.slow
 def test_cli_pack_npz_and_stream(tmp_path, capsys):
     from minicoder.cli import main
     from minicoder.data.corpus import load_corpus
@@ -430,6 +431,7 @@ def test_cli_pack_user_errors(tmp_path, capsys):
     assert main(["pack", "--stream", "--out", str(tmp_path)]) == 2
 
 
+@pytest.mark.slow
 def test_demo_stage(tmp_path, capsys):
     from minicoder.data import demo_stage
 

@@ -491,17 +491,19 @@ def concat_pack(lengths: Sequence[int] | np.ndarray, seq_len: int) -> Packing:
     keep = np.nonzero(arr)[0]
     lens = arr[keep]
     total = int(lens.sum())
-    doc_begin = np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(lens) else np.zeros(0, np.int64)
-    cuts = np.arange(seq_len, total, seq_len, dtype=np.int64)
-    # Piece boundaries in the global stream: every document start and every row cut (unique, sorted).
-    bounds = np.union1d(doc_begin, cuts)
-    g_start = bounds
-    g_stop = np.append(bounds[1:], total)
-    which = np.searchsorted(doc_begin, g_start, side="right") - 1  # index into keep
+    end = np.cumsum(lens)
+    begin = end - lens
+    # Document i spans global positions [begin, end): it touches rows begin//L .. (end-1)//L, one
+    # piece per row. O(N), no sort.
+    first_row = begin // seq_len
+    n_pieces = (end - 1) // seq_len - first_row + 1
+    which = np.repeat(np.arange(len(lens), dtype=np.int64), n_pieces)  # index into keep
+    row = _ranges(first_row, n_pieces)
+    g_start = np.maximum(begin[which], row * seq_len)
+    g_stop = np.minimum(end[which], (row + 1) * seq_len)
     doc = keep[which]
-    start = g_start - doc_begin[which]
-    stop = g_stop - doc_begin[which]
-    row = g_start // seq_len
+    start = g_start - begin[which]
+    stop = g_stop - begin[which]
     n_bins = -(-total // seq_len)
     offsets = np.zeros(n_bins + 1, dtype=np.int64)
     np.cumsum(np.bincount(row, minlength=n_bins), out=offsets[1:])
