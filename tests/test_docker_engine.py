@@ -128,9 +128,13 @@ def test_debian_mirror_from_apt_sources(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- with a real engine
 @pytest.fixture(scope="module")
 def client(docker_client):
-    """The session's client; at the end, removes this run's containers and checks none was left."""
-    yield docker_client
-    leftover = docker_client.containers.list(all=True, filters={"label": f"minicoder.test={RUN_LABEL['minicoder.test']}"})
+    """A client with long per-call time-outs (creating a container copies the rootfs under the vfs
+    storage driver); at the end, removes this run's containers and checks none was left."""
+    import docker
+
+    client = docker.from_env(timeout=images.API_TIMEOUT)
+    yield client
+    leftover = client.containers.list(all=True, filters={"label": f"minicoder.test={RUN_LABEL['minicoder.test']}"})
     for c in leftover:
         c.remove(force=True)
     assert not leftover, f"containers left behind: {[c.name for c in leftover]}"
@@ -340,9 +344,14 @@ def test_build_from_dockerfile_with_hashed_tag(client, base, tmp_path):
 
 @pytest.mark.docker
 def test_containers_are_removed(client, base):
-    run(client, base, ["true"])
-    left = client.containers.list(all=True, filters={"label": f"minicoder.test={RUN_LABEL['minicoder.test']}"})
-    assert left == []
+    """Also when the container cannot start (the SDK's containers.run would leave it behind)."""
+    import docker
+
+    mine = {"label": f"minicoder.test={RUN_LABEL['minicoder.test']}"}
+    assert run(client, base, ["sh", "-c", "exit 7"]) == (7, "")
+    with pytest.raises(docker.errors.APIError, match="no such file|not found"):
+        run(client, base, ["/no/such/program"])
+    assert client.containers.list(all=True, filters=mine) == []
 
 
 def test_engine_script_as_non_root_explains():

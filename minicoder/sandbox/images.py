@@ -69,22 +69,29 @@ def _print(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- engine
-def _ping(timeout: float = 10):
+API_TIMEOUT = 300.0  # seconds per API call: creating a container copies the rootfs under vfs
+
+
+def _ping(timeout: float, api_timeout: float):
     import docker
 
-    client = docker.from_env(timeout=timeout)
-    client.ping()
-    return client
+    quick = docker.from_env(timeout=timeout)  # a hung daemon fails fast here...
+    try:
+        quick.ping()
+    finally:
+        quick.close()
+    return docker.from_env(timeout=api_timeout)  # ...while slow but working calls get time
 
 
-def ensure_engine(start: bool = True, timeout: float = 10, log: Log = _print):
-    """A ``docker.DockerClient`` for an engine that answers.
+def ensure_engine(start: bool = True, timeout: float = 10, api_timeout: float = API_TIMEOUT, log: Log = _print):
+    """A ``docker.DockerClient`` (``api_timeout`` seconds per call) for an engine that answers.
 
-    When none answers and ``start`` is true, runs ``envs/docker_engine.sh`` (installs and starts
-    ``dockerd`` on Linux as root) and tries again. Raises ``DockerUnavailable`` saying why.
+    When none answers within ``timeout`` and ``start`` is true, runs ``envs/docker_engine.sh``
+    (installs and starts ``dockerd`` on Linux as root) and tries again. Raises
+    ``DockerUnavailable`` saying why.
     """
     try:
-        return _ping(timeout)
+        return _ping(timeout, api_timeout)
     except Exception as first:  # the SDK raises several unrelated types for "no engine"
         why = f"{type(first).__name__}: {first}"
     if not start:
@@ -96,7 +103,7 @@ def ensure_engine(start: bool = True, timeout: float = 10, log: Log = _print):
     if proc.returncode != 0:
         raise DockerUnavailable(f"{ENGINE_SCRIPT.name} could not start an engine (exit {proc.returncode})")
     try:
-        return _ping(timeout)
+        return _ping(timeout, api_timeout)
     except Exception as e:
         raise DockerUnavailable(f"{ENGINE_SCRIPT.name} reported success but the SDK gets no answer: {e}") from e
 
@@ -450,11 +457,12 @@ def run_probe(client, image: str, command: list[str], *, user: str = SANDBOX_USE
     The container is labelled ``minicoder=1`` (plus ``labels``) so a cleanup can find it if this
     process dies before removing it.
     """
-    container = client.containers.run(
-        image, command, user=user, network_mode=network_mode, detach=True,
-        labels={LABEL: "1", **(labels or {})},
+    # create, then start inside the try: a container whose start fails is removed too
+    container = client.containers.create(
+        image, command, user=user, network_mode=network_mode, labels={LABEL: "1", **(labels or {})}
     )
     try:
+        container.start()
         status = container.wait(timeout=timeout)
         return int(status["StatusCode"]), container.logs().decode(errors="replace")
     finally:
@@ -506,6 +514,11 @@ def main(argv: list[str] | None = None) -> int:
         found = verify_image(client, args.tag)
     except (DockerUnavailable, ImageBuildError, ValueError) as e:
         print(f"images: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # the SDK's own errors (docker.errors.*, requests' time-outs): one line too
+        if not type(e).__module__.startswith(("docker", "requests", "urllib3")):
+            raise
+        print(f"images: error: the Docker engine failed or did not answer: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     dt = time.perf_counter() - t0
     img = client.images.get(args.tag)
