@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cleanup": ("minicoder.sandbox.cli_cleanup", "remove leftover sandbox containers and folders"),
     "pack": ("minicoder.data.cli", "corpus -> tokenizer -> Best-Fit / concat / pad packed sequences, with stats"),
     "model": ("minicoder.model.cli", "model accounting (params, FLOPs, memory, cache) and checkpoint validation"),
+    "train": ("minicoder.train.cli", "pretrain / mid-train on packed data: exact resume, torchrun + FSDP2, --plan"),
     "synth": ("minicoder.tasks.cli", "synthesise verifiable tasks: mine git history, or inject bugs (HumanEval, a package)"),
     "validate": ("minicoder.tasks.validate", "validate tasks in the sandbox: gold passes, empty fails, stable, not exploitable"),
 }
