@@ -126,6 +126,16 @@ def _safe_parent(ws: Path, rel: str, create: bool) -> Path | None:
 
 def restore_path(ws: Path, rel: str) -> None:
     """Put `rel` back to its content at the base commit (HEAD), or delete it if HEAD lacks it."""
+    kind = _git(ws, "cat-file", "-t", f"HEAD:{rel}").stdout.strip()
+    if kind == b"tree":  # a directory at base (the candidate may have put a symlink or file there)
+        parent = _safe_parent(ws, rel, create=True)
+        target = parent / PurePosixPath(rel).name
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        listing = _git(ws, "ls-tree", "-r", "-z", "--name-only", "HEAD", "--", rel).stdout
+        for sub in filter(None, listing.decode("utf-8", errors="surrogateescape").split("\0")):
+            restore_path(ws, sub)
+        return
     proc = _git(ws, "cat-file", "-p", f"HEAD:{rel}")
     base = proc.stdout if proc.returncode == 0 else None
     parent = _safe_parent(ws, rel, create=base is not None)
@@ -190,11 +200,12 @@ def protect(ws: Path, changed: list[str], test_patch: str, test_ids: list[str]) 
     dropped = []
     for rel in changed:
         top_in_base = in_base(ws, PurePosixPath(rel).parts[0])
-        if rel in test_files or is_protected(rel, top_in_base) or any(rel.startswith(t.rstrip("/") + "/") for t in test_files):
+        if rel in test_files or is_protected(rel, top_in_base) or any(
+                rel.startswith(t + "/") or t.startswith(rel + "/") for t in test_files):
             restore_path(ws, rel)
             dropped.append(rel)
-    for rel in sorted(test_files - set(dropped)):
-        restore_path(ws, rel)  # no-op when untouched; makes the reset explicit either way
+    # test files the candidate did not touch are at their base content already (`changed` comes
+    # from git status against the base commit), so nothing else needs resetting
     # bytecode anywhere (a patch can carry binary .pyc files)
     for dirpath, dirnames, filenames in os.walk(ws):
         if ".git" in dirnames:
