@@ -47,7 +47,7 @@ def _inputs(B, T, Hq, H, K, V, N, h0: bool, seed: int = 0):
     return q, k, v, g, beta, s0
 
 
-def _check_against_naive(B, T, Hq, H, K, V, cu=None, h0=True, l2norm=False, seed=0, chunk_size=64):
+def _check_against_naive(B, T, Hq, H, K, V, cu=None, h0=True, l2norm=False, seed=0):
     from minicoder.ops.gated_delta.naive import naive_recurrent_gated_delta_rule
     from minicoder.ops.gated_delta.triton import chunk_gated_delta_rule
 
@@ -58,7 +58,7 @@ def _check_against_naive(B, T, Hq, H, K, V, cu=None, h0=True, l2norm=False, seed
     ours = [x.clone().requires_grad_() for x in xs[: 5 + h0]]
     ref = [x.double().requires_grad_() for x in xs[: 5 + h0]]
     kw = dict(output_final_state=True, cu_seqlens=cu_t, use_qk_l2norm_in_kernel=l2norm)
-    o, ht = chunk_gated_delta_rule(*ours[:5], initial_state=ours[5] if h0 else None, chunk_size=chunk_size, **kw)
+    o, ht = chunk_gated_delta_rule(*ours[:5], initial_state=ours[5] if h0 else None, **kw)
     o_ref, ht_ref = naive_recurrent_gated_delta_rule(*ref[:5], initial_state=ref[5] if h0 else None, **kw)
     assert o.shape == (B, T, H, V) and o.dtype == torch.float32
     assert ht.shape == (N, H, K, V)
@@ -97,11 +97,6 @@ def test_padded_head_dims_and_l2norm_match_naive():
 
 
 @in_interpreter
-def test_smaller_chunks_match_naive():
-    _check_against_naive(B=1, T=70, Hq=1, H=1, K=16, V=16, h0=True, chunk_size=16, seed=3)
-
-
-@in_interpreter
 def test_dispatcher_runs_ours_on_cpu_in_interpreter():
     from minicoder.ops.gated_delta import chunk_gated_delta_rule
     from minicoder.ops.gated_delta.naive import naive_recurrent_gated_delta_rule
@@ -120,8 +115,8 @@ def test_bad_inputs_fail_with_a_clear_error():
     with pytest.raises(ValueError, match="multiple of the number of query/key heads"):
         chunk_gated_delta_rule(q, k, v, g, beta)
     q, k, v, g, beta, _ = _inputs(1, 8, 1, 2, 16, 16, 1, False)
-    with pytest.raises(ValueError, match="chunk_size"):
-        chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=48)
+    with pytest.raises(ValueError, match="chunk_size must be 64"):
+        chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=32)
 
 
 @pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(), reason="only meaningful on a CPU without the interpreter")
@@ -145,4 +140,4 @@ def test_kernels_in_interpreter():
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:]
     m = re.search(r"(\d+) passed", out)
-    assert m and int(m.group(1)) >= 15 and " failed" not in out, out[-3000:]
+    assert m and int(m.group(1)) >= 14 and " failed" not in out, out[-3000:]

@@ -32,8 +32,9 @@ Design choices:
   memory than fla's bf16 ones, fewer rounding steps). Dots take float32 operands in full precision
   (``input_precision="ieee"``) for float32 inputs and bf16 operands (float32 accumulation) for bf16
   inputs, like fla. float64 inputs are computed in float32 and the results cast back.
-- The triangular inverse is forward substitution, one row per step over the chunk held in registers:
-  with T = I + X, row i of X is -A_i - sum_{j<i} A_ij X_j. Simple and exact; C - 1 steps of C x C work.
+- The triangular inverse works on 16 x 16 blocks: forward substitution inside each diagonal block
+  (with T = I + X, row i of X is -A_i - sum_{j<i} A_ij X_j), then the blocks below the diagonal from
+  (I + A) T = I with small float32 matmuls. (Notebook 06 shows the plain 64-step version first.)
 - Value heads share q/k heads (GVA: head h reads q/k head ``h // (H // Hq)``) by index inside the
   kernels; the backward produces dq, dk per value head and sums each group in PyTorch.
 - Under ``TRITON_INTERPRET=1`` (set before triton is imported) the kernels run on CPU tensors through
@@ -114,61 +115,155 @@ def _dot(a, b, LOWP: tl.constexpr):
 
 
 @triton.jit
+def _inv_unit_lower_16(a, B: tl.constexpr):
+    """(I + a)^{-1} for a strictly lower triangular ``[B, B]`` block, by forward substitution.
+
+    With T = I + X: row i of X is -a_i - sum_{j<i} a_ij X_j; rows >= i still hold -a while row i is built.
+    """
+    rows = tl.arange(0, B)
+    x = -a
+    for i in range(1, B):
+        sel = rows[:, None] == i
+        ai = tl.sum(tl.where(sel, x, 0.0), 0)  # -a_i (zero at j >= i)
+        x = tl.where(sel, (ai + tl.sum(ai[:, None] * x, 0))[None, :], x)
+    return x + tl.where(rows[:, None] == rows[None, :], 1.0, 0.0)
+
+
+@triton.jit
+def _wy_block(k_ptr, g_ptr, beta_ptr, t0, eos, h, IB: tl.constexpr,
+              H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
+    """Rows ``16 IB .. 16 IB + 15`` of a chunk: (k ``[16, BK]`` float32, beta ``[16]``, gamma ``[16]``,
+    row mask). gamma is the cumulative log decay from the chunk start (the sum of the rows before
+    the block plus a cumsum inside it)."""
+    HQ: tl.constexpr = H // G
+    r16 = tl.arange(0, 16)
+    ti = t0 + IB * 16 + r16
+    mt = ti < eos
+    ok = tl.arange(0, BK)
+    kk = tl.load(k_ptr + (ti[:, None] * HQ + h // G) * K + ok[None, :], mask=mt[:, None] & (ok[None, :] < K), other=0.0)
+    bb = tl.load(beta_ptr + ti * H + h, mask=mt, other=0.0).to(tl.float32)
+    r64 = tl.arange(0, 64)
+    before = tl.load(g_ptr + (t0 + r64) * H + h, mask=(r64 < IB * 16) & (t0 + r64 < eos), other=0.0).to(tl.float32)
+    gg = tl.load(g_ptr + ti * H + h, mask=mt, other=0.0).to(tl.float32)
+    gam = tl.sum(before, 0) + tl.cumsum(gg, 0)
+    return kk.to(tl.float32), bb, gam, mt
+
+
+@triton.jit
+def _a_offdiag(ki, bi, gi, kj, gj, LOWP: tl.constexpr):
+    """Block (I, J), I > J, of A = diag(beta) K K^T * exp(gamma_i - gamma_j) (every entry below the diagonal)."""
+    return bi[:, None] * _dot(ki, tl.trans(kj), LOWP) * tl.exp(gi[:, None] - gj[None, :])
+
+
+@triton.jit
+def _a_diag(k, b, gm, mt, LOWP: tl.constexpr):
+    """Diagonal block of A: strictly lower inside the block."""
+    r16 = tl.arange(0, 16)
+    strict = (r16[:, None] > r16[None, :]) & mt[:, None]
+    diff = tl.where(strict, gm[:, None] - gm[None, :], 0.0)
+    return tl.where(strict, b[:, None] * _dot(k, tl.trans(k), LOWP) * tl.exp(diff), 0.0)
+
+
+@triton.jit
+def _store_tm_row(tm_ptr, t0, eos, h, IB: tl.constexpr, H: tl.constexpr, C: tl.constexpr, x0, x1, x2, x3):
+    """Write block-row IB of T (four ``[16, 16]`` blocks, zeros above the diagonal) to ``tm [TT, H, C]``."""
+    r16 = tl.arange(0, 16)
+    ti = t0 + IB * 16 + r16
+    m = (ti < eos)[:, None]
+    base = tm_ptr + (ti[:, None] * H + h) * C + r16[None, :]
+    tl.store(base, x0, mask=m)
+    tl.store(base + 16, x1, mask=m)
+    tl.store(base + 32, x2, mask=m)
+    tl.store(base + 48, x3, mask=m)
+
+
+@triton.jit
 def _wy_fwd_kernel(
     k_ptr, v_ptr, g_ptr, beta_ptr, chunk_ptr,  # inputs
     gam_ptr, tm_ptr, w_ptr, u_ptr,  # outputs
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr,
 ):
-    """The within-chunk part of the forward, for one (chunk, value head). Grid: (n_chunks, H).
+    """The within-chunk part of the forward, for one (chunk, value head). Grid: (n_chunks, H). C = 64.
 
     Reads k ``[TT, H // G, K]``, v ``[TT, H, V]``, g, beta ``[TT, H]`` and the chunk table
     ``[n_chunks, 2]`` = (first token, end of its sequence). Writes, for the chunk's rows:
     gamma = cumsum(g) ``[TT, H]``; T = (I + A)^{-1} ``[TT, H, C]`` (row t of the chunk's C x C matrix);
     W = T (beta exp(gamma) K) ``[TT, H, K]``; U = T (beta V) ``[TT, H, V]``.
+
+    T is built from 16 x 16 blocks (all in float32): the four diagonal blocks are inverted by forward
+    substitution (:func:`_inv_unit_lower_16`), and block (i, j), i > j, follows from
+    (I + A) T = I: ``T_ij = -T_ii sum_{j <= m < i} A_im T_mj``. That is 15 short substitution steps
+    and a few small matmuls instead of 63 steps over the whole 64 x 64 block.
     """
     c = tl.program_id(0)
     h = tl.program_id(1)
     t0 = tl.load(chunk_ptr + 2 * c).to(tl.int64)
     eos = tl.load(chunk_ptr + 2 * c + 1).to(tl.int64)
-    HQ: tl.constexpr = H // G
     rows = tl.arange(0, C)
     ti = t0 + rows
     mt = ti < eos
+    gg = tl.load(g_ptr + ti * H + h, mask=mt, other=0.0).to(tl.float32)
+    tl.store(gam_ptr + ti * H + h, tl.cumsum(gg, 0), mask=mt)
+
+    k0, b0, g0, m0 = _wy_block(k_ptr, g_ptr, beta_ptr, t0, eos, h, 0, H, G, K, BK)
+    k1, b1, g1, m1 = _wy_block(k_ptr, g_ptr, beta_ptr, t0, eos, h, 1, H, G, K, BK)
+    k2, b2, g2, m2 = _wy_block(k_ptr, g_ptr, beta_ptr, t0, eos, h, 2, H, G, K, BK)
+    k3, b3, g3, m3 = _wy_block(k_ptr, g_ptr, beta_ptr, t0, eos, h, 3, H, G, K, BK)
+    t00 = _inv_unit_lower_16(_a_diag(k0, b0, g0, m0, LOWP), 16)
+    t11 = _inv_unit_lower_16(_a_diag(k1, b1, g1, m1, LOWP), 16)
+    t22 = _inv_unit_lower_16(_a_diag(k2, b2, g2, m2, LOWP), 16)
+    t33 = _inv_unit_lower_16(_a_diag(k3, b3, g3, m3, LOWP), 16)
+    a10 = _a_offdiag(k1, b1, g1, k0, g0, LOWP)
+    a20 = _a_offdiag(k2, b2, g2, k0, g0, LOWP)
+    a21 = _a_offdiag(k2, b2, g2, k1, g1, LOWP)
+    a30 = _a_offdiag(k3, b3, g3, k0, g0, LOWP)
+    a31 = _a_offdiag(k3, b3, g3, k1, g1, LOWP)
+    a32 = _a_offdiag(k3, b3, g3, k2, g2, LOWP)
+    t10 = -_dot(t11, _dot(a10, t00, False), False)
+    t21 = -_dot(t22, _dot(a21, t11, False), False)
+    t20 = -_dot(t22, _dot(a20, t00, False) + _dot(a21, t10, False), False)
+    t32 = -_dot(t33, _dot(a32, t22, False), False)
+    t31 = -_dot(t33, _dot(a31, t11, False) + _dot(a32, t21, False), False)
+    t30 = -_dot(t33, _dot(a30, t00, False) + _dot(a31, t10, False) + _dot(a32, t20, False), False)
+    zero = tl.zeros([16, 16], dtype=tl.float32)
+    _store_tm_row(tm_ptr, t0, eos, h, 0, H, C, t00, zero, zero, zero)
+    _store_tm_row(tm_ptr, t0, eos, h, 1, H, C, t10, t11, zero, zero)
+    _store_tm_row(tm_ptr, t0, eos, h, 2, H, C, t20, t21, t22, zero)
+    _store_tm_row(tm_ptr, t0, eos, h, 3, H, C, t30, t31, t32, t33)
+
+    # W = T Kb with Kb = beta exp(gamma) K, block-row by block-row.
+    r16 = tl.arange(0, 16)
     ok = tl.arange(0, BK)
     mk = ok < K
-
-    kk = tl.load(k_ptr + (ti[:, None] * HQ + h // G) * K + ok[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
-    gg = tl.load(g_ptr + ti * H + h, mask=mt, other=0.0).to(tl.float32)
-    bb = tl.load(beta_ptr + ti * H + h, mask=mt, other=0.0).to(tl.float32)
-    gam = tl.cumsum(gg, 0)
-    tl.store(gam_ptr + ti * H + h, gam, mask=mt)
-
-    # A = strictly_lower(diag(beta) K K^T * exp(gamma_i - gamma_j)); the decay is masked before exp.
-    strict = (rows[:, None] > rows[None, :]) & mt[:, None]
-    diff = tl.where(strict, gam[:, None] - gam[None, :], 0.0)
-    kkt = _dot(kk, tl.trans(kk), LOWP)
-    a = tl.where(strict, bb[:, None] * kkt * tl.exp(diff), 0.0)
-
-    # T = I + X with X strictly lower: row i of X = -A_i - sum_{j<i} A_ij X_j. Rows >= i still hold -A.
-    x = -a
-    for i in range(1, C):
-        sel = rows[:, None] == i
-        ai = tl.sum(tl.where(sel, x, 0.0), 0)  # -A_i  [C] (zero at j >= i)
-        xi = ai + tl.sum(ai[:, None] * x, 0)
-        x = tl.where(sel, xi[None, :], x)
-    tm = x + tl.where(rows[:, None] == rows[None, :], 1.0, 0.0)
-    tl.store(tm_ptr + (ti[:, None] * H + h) * C + rows[None, :], tm, mask=mt[:, None])
-
-    kb = kk.to(tl.float32) * (bb * tl.exp(gam))[:, None]
-    w = _dot(tm, kb, LOWP)
-    tl.store(w_ptr + (ti[:, None] * H + h) * K + ok[None, :], w, mask=mt[:, None] & mk[None, :])
+    kb0 = k0 * (b0 * tl.exp(g0))[:, None]
+    kb1 = k1 * (b1 * tl.exp(g1))[:, None]
+    kb2 = k2 * (b2 * tl.exp(g2))[:, None]
+    kb3 = k3 * (b3 * tl.exp(g3))[:, None]
+    w_off = ((t0 + r16)[:, None] * H + h) * K + ok[None, :]
+    tl.store(w_ptr + w_off, _dot(t00, kb0, LOWP), mask=m0[:, None] & mk[None, :])
+    tl.store(w_ptr + w_off + 16 * H * K, _dot(t10, kb0, LOWP) + _dot(t11, kb1, LOWP), mask=m1[:, None] & mk[None, :])
+    tl.store(w_ptr + w_off + 32 * H * K, _dot(t20, kb0, LOWP) + _dot(t21, kb1, LOWP) + _dot(t22, kb2, LOWP),
+             mask=m2[:, None] & mk[None, :])
+    tl.store(w_ptr + w_off + 48 * H * K,
+             _dot(t30, kb0, LOWP) + _dot(t31, kb1, LOWP) + _dot(t32, kb2, LOWP) + _dot(t33, kb3, LOWP),
+             mask=m3[:, None] & mk[None, :])
+    # U = T (beta V), a block of BV value columns at a time.
     for v0 in range(0, V, BV):
         ov = v0 + tl.arange(0, BV)
         mv = ov < V
-        vv = tl.load(v_ptr + (ti[:, None] * H + h) * V + ov[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
-        u = _dot(tm, vv.to(tl.float32) * bb[:, None], LOWP)
-        tl.store(u_ptr + (ti[:, None] * H + h) * V + ov[None, :], u, mask=mt[:, None] & mv[None, :])
+        v_off = ((t0 + r16)[:, None] * H + h) * V + ov[None, :]
+        vb0 = tl.load(v_ptr + v_off, mask=m0[:, None] & mv[None, :], other=0.0).to(tl.float32) * b0[:, None]
+        vb1 = tl.load(v_ptr + v_off + 16 * H * V, mask=m1[:, None] & mv[None, :], other=0.0).to(tl.float32) * b1[:, None]
+        vb2 = tl.load(v_ptr + v_off + 32 * H * V, mask=m2[:, None] & mv[None, :], other=0.0).to(tl.float32) * b2[:, None]
+        vb3 = tl.load(v_ptr + v_off + 48 * H * V, mask=m3[:, None] & mv[None, :], other=0.0).to(tl.float32) * b3[:, None]
+        tl.store(u_ptr + v_off, _dot(t00, vb0, LOWP), mask=m0[:, None] & mv[None, :])
+        tl.store(u_ptr + v_off + 16 * H * V, _dot(t10, vb0, LOWP) + _dot(t11, vb1, LOWP), mask=m1[:, None] & mv[None, :])
+        tl.store(u_ptr + v_off + 32 * H * V, _dot(t20, vb0, LOWP) + _dot(t21, vb1, LOWP) + _dot(t22, vb2, LOWP),
+                 mask=m2[:, None] & mv[None, :])
+        tl.store(u_ptr + v_off + 48 * H * V,
+                 _dot(t30, vb0, LOWP) + _dot(t31, vb1, LOWP) + _dot(t32, vb2, LOWP) + _dot(t33, vb3, LOWP),
+                 mask=m3[:, None] & mv[None, :])
 
 
 @triton.jit
@@ -621,7 +716,9 @@ def _backward(q, k, v, beta, scale, cu, C, lowp, saved, do, dht, need_dh0):
         scale, HAS_DHT=dht is not None, STORE_DH0=need_dh0, **meta,
     )
     if NT:
-        _grad_kernel[(NT, H)](q, k, v, beta, gam, tm, hs, dhs, vn, dvn, do, table, dq, dk, dv, dbeta, dg, scale, **meta)
+        # Many [C, K] accumulators live at once here: 8 warps give them registers (fewer spills).
+        _grad_kernel[(NT, H)](q, k, v, beta, gam, tm, hs, dhs, vn, dvn, do, table, dq, dk, dv, dbeta, dg, scale,
+                              num_warps=8, **meta)
     if G > 1:  # value heads that share a q/k head add their gradients
         dq = dq.view(TT, Hq, G, K).sum(2)
         dk = dk.view(TT, Hq, G, K).sum(2)
@@ -682,13 +779,13 @@ def chunk_gated_delta_rule(
         scale: query scale (default ``K ** -0.5``); initial_state: ``[N, H, K, V]``.
         cu_seqlens: ``[N + 1]`` document boundaries in one packed row (B = 1).
         use_qk_l2norm_in_kernel: L2-normalise q and k over K first (eps 1e-6), inside the op.
-        chunk_size: C, a power of two in 16..64 (64 is the tuned one).
+        chunk_size: C; the kernels are written for 64 (kept for signature parity with ``chunk.py``).
     Returns:
         ``(o [B, T, H, V] in q's dtype, final_state [N, H, K, V] (float32; float64 for float64 input) or None)``.
     """
     N, scale = check_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, check_values=not q.is_cuda)
-    if chunk_size not in (16, 32, 64):
-        raise ValueError(f"chunk_size must be 16, 32 or 64 for the Triton kernels, got {chunk_size!r}")
+    if chunk_size != CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be {CHUNK_SIZE} for the Triton kernels (four 16-row blocks), got {chunk_size!r}")
     check_device(q, k, v, g, beta, initial_state)
     B, T, Hq, K = q.shape
     H, V = v.shape[2], v.shape[3]
