@@ -22,7 +22,7 @@ WORKER = textwrap.dedent("""
     from minicoder.train import PackedDataset, TrainConfig, Trainer
     from minicoder.train.distributed import init_distributed, shard_model
 
-    mode, accum, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    mode, rows, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     info, dev = init_distributed("cpu")
     torch.manual_seed(0)
     cfg = ModelConfig.from_preset(
@@ -34,7 +34,7 @@ WORKER = textwrap.dedent("""
     rng = np.random.default_rng(1)
     docs = [rng.integers(1, 64, size=int(n)).tolist() for n in rng.integers(3, 60, size=40)]
     ds = PackedDataset.from_token_lists(docs, 32)
-    tr = Trainer(model, ds, TrainConfig(steps=4, rows=2, grad_accum=accum, lr=5e-3, warmup_steps=2, progress=False),
+    tr = Trainer(model, ds, TrainConfig(steps=4, rows=rows, grad_accum=1, lr=5e-3, warmup_steps=2, progress=False),
                  out_dir=out + "/run", dist=info, model_config=cfg)
     recs = tr.fit()
     if info.rank == 0:
@@ -51,17 +51,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(tmp: Path, nproc: int, mode: str, accum: int) -> tuple[list[dict], dict]:
+def _run(tmp: Path, nproc: int, mode: str, rows: int) -> tuple[list[dict], dict]:
     out = tmp / f"{mode}_{nproc}"
     out.mkdir()
     script = tmp / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if nproc == 1:
-        cmd = [sys.executable, str(script), mode, str(accum), str(out)]
+        cmd = [sys.executable, str(script), mode, str(rows), str(out)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(script), mode, str(accum), str(out)]
+               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(script), mode, str(rows), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -75,8 +75,11 @@ def _run(tmp: Path, nproc: int, mode: str, accum: int) -> tuple[list[dict], dict
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, mode):
     import torch
 
-    one, ck1 = _run(tmp_path, 1, "none", accum=2)  # one process, two micro-batches of 2 rows
-    two, ck2 = _run(tmp_path, 2, mode, accum=1)  # two processes, one micro-batch of 2 rows each
+    # one process with 4 rows per step vs two processes with 2 rows each: the same global batch (the
+    # sampler gives rank r rows [2r, 2r + 2) of the same 4), the same token-weighted loss, and the same
+    # global-batch expert frequencies in the balancing loss (all-reduced across the two ranks)
+    one, ck1 = _run(tmp_path, 1, "none", rows=4)
+    two, ck2 = _run(tmp_path, 2, mode, rows=2)
     for a, b in zip(one, two):
         assert a["tokens"] == b["tokens"]
         assert abs(a["loss"] - b["loss"]) < 1e-5 * max(1.0, abs(a["loss"])), (a, b)

@@ -20,8 +20,9 @@ Memory plan (`memory_plan`, `gpus_needed`): bytes per GPU for a config under FSD
 parameters + gradients + AdamW moments (float32: 4 + 4 + 8 bytes per parameter, divided by N) +
 the largest layer gathered unsharded in bf16 (two at a time: FSDP prefetches the next) + activations
 of one micro-batch (with activation checkpointing: each layer's bf16 input kept for the backward, plus
-one layer's working set recomputed at a time) + logits. Parameter counts come from the model built on
-the meta device (no memory is allocated). It is an estimate to plan with, not a measurement.
+one layer's working set recomputed at a time) + logits. The training-state bytes come from
+`minicoder.model.accounting.memory_plan`, layer sizes from the model built on the meta device (no
+memory is allocated). It is an estimate to plan with, not a measurement.
 """
 
 from __future__ import annotations
@@ -173,11 +174,15 @@ def memory_plan(cfg, n_gpus: int, seq_len: int = 4096, micro_batch: int = 1, act
     """
     if n_gpus < 1:
         raise ValueError(f"n_gpus must be >= 1, got {n_gpus}")
+    from minicoder.model.accounting import memory_plan as state_bytes
+
     pc = _param_counts(cfg)
     P = pc["total"]
     tokens = seq_len * micro_batch
     H = cfg.hidden_size
-    sharded = P * (4 + 4 + 8) / n_gpus  # fp32 params, fp32 grads, Adam m and v
+    # FSDP2 keeps float32 parameters (no separate master copy), float32 grads and AdamW's two float32
+    # moments, all sharded: 16 bytes per parameter / N (the model stage's accounting computes it)
+    sharded = state_bytes(cfg, param_dtype=torch.float32, optimizer="adamw", shards=n_gpus)["total"]
     gathered = 2 * pc["largest_layer"] * 2  # two layers unsharded in bf16 (current + prefetched)
     # Working set of one layer during its (re)computation, bf16, per token: the mixer's projections
     # (q, k, v, gate, DeltaNet qkvz/ba ~ 4x hidden-ish), the MoE dispatch (top_k expert inputs and

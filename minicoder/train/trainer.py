@@ -167,7 +167,7 @@ class Trainer:
         ce_sum = F.cross_entropy(out.logits.float().reshape(-1, V), tgt.reshape(-1), ignore_index=-100, reduction="sum")
         mtp_sum = torch.zeros((), device=ce_sum.device)
         if self.has_mtp and out.mtp_logits is not None:
-            tgt2 = shift_targets(t["labels"], t["cu_seqlens"], steps=2)
+            tgt2 = shift_targets(tgt, t["cu_seqlens"])  # applied twice: the token at t + 2 (as the model does)
             mtp_sum = F.cross_entropy(out.mtp_logits.float().reshape(-1, V), tgt2.reshape(-1), ignore_index=-100,
                                       reduction="sum")
         return ce_sum, mtp_sum, out
