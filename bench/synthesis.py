@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from minicoder.tasks.pipeline import machine_info, synth_mutate, validate_file  # noqa: E402
-from minicoder.tasks.schema import read_tasks  # noqa: E402
+from minicoder.tasks.schema import Task, read_tasks  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "synthesis.json"
 WORK = ROOT / "bench" / "results" / "tmp" / "synthesis"
@@ -82,7 +82,7 @@ def step_package(args) -> dict:
     root = fetch_sdist(PACKAGE)
     subject = repo_subject(root, name=PACKAGE.split("==")[0])
     load0 = _load()
-    s = synth_mutate([subject], WORK / "package.jsonl", per_subject=args.package_mutants, combine=2, seed=0,
+    s = synth_mutate([subject], WORK / "package.jsonl", per_subject=args.package_mutants, combine=1, seed=0,
                      validate=True, backend="local", workers=args.workers, command=f"bench package {PACKAGE}")
     print(s.table())
     out = _section(s, load0)
@@ -93,7 +93,14 @@ def step_package(args) -> dict:
 
 
 def step_throughput(args) -> dict:
-    tasks = read_tasks(WORK / "humaneval.jsonl")[: args.n_throughput]
+    src = WORK / "humaneval.jsonl"
+    if src.exists():
+        tasks = read_tasks(src)[: args.n_throughput]
+    else:  # the humaneval step is still running (or was interrupted): take validated tasks from its ledger
+        from minicoder.tasks.pipeline import Ledger
+
+        recs = [r for r in Ledger(str(src) + ".ledger.jsonl").candidates() if r["kept"]]
+        tasks = [Task.from_dict(r["task"]) for r in recs[: args.n_throughput]]
     if not tasks:
         raise SystemExit("run the humaneval step first")
     out: dict = {"n_tasks": len(tasks), "workers": args.workers}
@@ -128,7 +135,7 @@ def main() -> int:
     ap.add_argument("--steps", default="humaneval,package,throughput")
     ap.add_argument("--per-subject", type=int, default=4, help="mutants per HumanEval problem")
     ap.add_argument("--limit", type=int, default=None, help="HumanEval problems (default all 164)")
-    ap.add_argument("--package-mutants", type=int, default=30)
+    ap.add_argument("--package-mutants", type=int, default=20)
     ap.add_argument("--n-throughput", type=int, default=12)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--fresh", action="store_true", help="delete the ledgers first (no resume)")

@@ -296,7 +296,7 @@ def execute_candidate(repo: str | os.PathLike, cand: Candidate, *, backend: Any 
 
     if test_scope not in ("changed", "all"):
         raise MiningError(f"test_scope must be 'changed' or 'all', got {test_scope!r}")
-    ids = None
+    ids: list[str] = []  # [] = the whole suite (None would mean only the test_patch's files)
     if test_scope == "changed":
         ids = [p for p in cand.test_files if PurePosixPath(p).name != "conftest.py" and p not in cand.deleted]
         if not ids:
