@@ -136,8 +136,10 @@ $T$ is unit lower triangular, and with $T = I + X$ its rows follow from the ones
 $$X_i = -A_i - \sum_{j<i} A_{ij} X_j .$$
 
 In the kernel the whole $C \times C$ block stays in registers; step $i$ reads row $i$ (still $-A_i$),
-combines the finished rows above it, and writes row $i$ back. $C - 1$ steps of $C \times C$ work each:
-this is exactly the loop in the library's `_wy_fwd_kernel`.
+combines the finished rows above it, and writes row $i$ back: $C - 1$ steps of $C \times C$ work.
+The library's `_wy_fwd_kernel` runs this same loop on the four $16 \times 16$ diagonal blocks only
+(15 short steps each), then fills the blocks below the diagonal with small matmuls, from
+$(I + A)\,T = I$: $T_{ij} = -T_{ii} \sum_{j \le m < i} A_{im} T_{mj}$ — fewer sequential steps on a GPU.
 """)
 
 code("""

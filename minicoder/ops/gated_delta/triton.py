@@ -196,7 +196,7 @@ def _wy_fwd_kernel(
     (I + A) T = I: ``T_ij = -T_ii sum_{j <= m < i} A_im T_mj``. That is 15 short substitution steps
     and a few small matmuls instead of 63 steps over the whole 64 x 64 block.
     """
-    c = tl.program_id(0)
+    c = tl.program_id(0).to(tl.int64)  # chunk index: chunk * H * K * V can pass 2^31
     h = tl.program_id(1)
     t0 = tl.load(chunk_ptr + 2 * c).to(tl.int64)
     eos = tl.load(chunk_ptr + 2 * c + 1).to(tl.int64)
@@ -333,7 +333,7 @@ def _output_fwd_kernel(
     the state entering the chunk; written to ``o [TT, H, V]`` in o's dtype.
     """
     iv = tl.program_id(0)
-    c = tl.program_id(1)
+    c = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2)
     HQ: tl.constexpr = H // G
     t0 = tl.load(chunk_ptr + 2 * c).to(tl.int64)
@@ -381,7 +381,7 @@ def _dv_local_kernel(
     (float32); :func:`_state_bwd_kernel` adds the state's part in place.
     """
     iv = tl.program_id(0)
-    c = tl.program_id(1)
+    c = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2)
     HQ: tl.constexpr = H // G
     t0 = tl.load(chunk_ptr + 2 * c).to(tl.int64)
@@ -483,7 +483,7 @@ def _grad_kernel(
     (float32; summed over head groups by the caller), dv ``[TT, H, V]``, dbeta, dg ``[TT, H]``
     (float32), following the formulas in the module docstring. V is walked in blocks of BV.
     """
-    c = tl.program_id(0)
+    c = tl.program_id(0).to(tl.int64)  # chunk index: chunk * H * K * V can pass 2^31
     h = tl.program_id(1)
     HQ: tl.constexpr = H // G
     t0 = tl.load(chunk_ptr + 2 * c).to(tl.int64)
