@@ -163,3 +163,32 @@ def test_humaneval_tasks_in_docker(docker_client, tmp_path):
             assert evaluate(oc.task, oc.task.patch, backend="docker").reward == 1.0
             assert evaluate(oc.task, "", backend="docker").reward == 0.0
     assert kept >= 1
+
+
+@pytest.mark.slow
+def test_python_project_subject(tmp_path):
+    from minicoder.tasks.mutate import baseline, build_candidate, repo_subject
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "stats.py").write_text(
+        "def clamp(x, lo, hi):\n    if x < lo:\n        return lo\n    if x > hi:\n        return hi\n    return x\n")
+    (tmp_path / "setup.py").write_text("from setuptools import setup\nsetup(name='pkg', version='0.1')\n")
+    (tmp_path / "tests" / "test_stats.py").write_text(
+        "from pkg.stats import clamp\n\n\ndef test_low():\n    assert clamp(-5, 0, 10) == 0\n\n\n"
+        "def test_high():\n    assert clamp(50, 0, 10) == 10\n\n\ndef test_inside():\n    assert clamp(5, 0, 10) == 5\n")
+    subject = repo_subject(tmp_path, name="demo/pkg")
+    assert list(subject.targets) == ["pkg/__init__.py", "pkg/stats.py"] and list(subject.tests) == ["tests/test_stats.py"]
+    passing = baseline(subject)
+    assert passing == {f"tests/test_stats.py::test_{n}" for n in ("low", "high", "inside")}
+    flips = [(cid, ms) for cid, ms in candidates(subject, 40, seed=0) if ms[0].description == "`<` -> `<=`"]
+    assert len(flips) == 1  # `x < lo` -> `x <= lo` only matters at x == lo: no test notices it
+    oc = build_candidate(subject, *flips[0], passing)
+    assert not oc.kept and oc.reason == "mutant survives: no passing test fails"
+    drop = next((cid, ms) for cid, ms in candidates(subject, 40, seed=0)
+                if ms[0].operator == "drop_statement" and ms[0].line == 4)  # `if x > hi: return hi` dropped
+    oc = build_candidate(subject, *drop, passing)
+    assert oc.kept and oc.task.FAIL_TO_PASS == ["tests/test_stats.py::test_high"]
+    assert sorted(oc.task.PASS_TO_PASS) == ["tests/test_stats.py::test_inside", "tests/test_stats.py::test_low"]
+    assert "tests/test_stats.py" not in oc.task.environment.files and "+def test_high" in oc.task.test_patch
