@@ -791,7 +791,9 @@ def chunk_gated_delta_rule(
     H, V = v.shape[2], v.shape[3]
     out_dtype = q.dtype
     wide = any(x is not None and x.dtype == torch.float64 for x in (q, k, v, g, beta, initial_state))
-    if q.dtype not in (torch.float32, torch.bfloat16):  # float16 / float64: run in float32
+    # float16 / float64 run in float32; so does bf16 in the interpreter, whose bf16 tl.dot is not
+    # numerically meaningful (it multiplies raw bits) -- the bf16 path is for GPUs.
+    if q.dtype != torch.float32 and not (q.dtype == torch.bfloat16 and q.is_cuda):
         q, k, v = q.float(), k.float(), v.float()
     k, v = k.to(q.dtype), v.to(q.dtype)
     if cu_seqlens is None:

@@ -267,7 +267,9 @@ def moe_experts_triton(
     N, TOPK = topk_ids.shape
     if N == 0:
         return torch.zeros_like(x)
-    dt = x.dtype if x.dtype in (torch.float32, torch.bfloat16) else torch.float32
+    # bf16 tiles on a GPU; everything else (and bf16 in the interpreter, whose bf16 tl.dot multiplies
+    # raw bits) in float32.
+    dt = x.dtype if x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and x.is_cuda) else torch.float32
     y = MoEExpertsFunction.apply(
         x.to(dt).contiguous(), gate_up_proj.to(dt).contiguous(), down_proj.to(dt).contiguous(), topk_ids.long()
     )
