@@ -145,6 +145,21 @@ def _time_gdr_gpu(T: int, ours: Callable, fla: Callable | None, device) -> dict:
     return out
 
 
+def print_table(title: str, rows: list[dict]) -> None:
+    """An aligned text table: one column per key that any row has (ms and ratios to 4 digits)."""
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    cell = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+    table = [keys] + [[cell(r.get(k)) for k in keys] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(keys))]
+    print(f"\n{title}")
+    for i, row in enumerate(table):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 def _print_row(row: dict) -> None:
     print("  " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
@@ -266,6 +281,8 @@ def main() -> int:
         print("MoE experts on CPU, float32, hidden 256, intermediate 64, 64 experts, top-8")
         res["moe"] = bench_moe(device, [256] if args.quick else [256, 1024], shape, torch.float32, args.reps)
         out = args.out or RESULTS / "kernels_cpu.json"
+    print_table("gated delta rule, forward + backward (ms; ratios = ours or naive over the other)", res["gated_delta"])
+    print_table("MoE experts (ms; ratios = loop over the fast path)", res["moe"])
     res["machine"]["load_average_1m_at_end"] = os.getloadavg()[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
