@@ -44,7 +44,7 @@ def add_parser(subparsers) -> None:
     g.add_argument("--inline", action="store_true", help="store each task's repository inline (self-contained)")
     g.add_argument("--validate", action="store_true", help="validate kept tasks (repeats, exploit checks)")
     _common(g)
-    g.set_defaults(func=_synth_git)
+    g.set_defaults(func=_guard(_synth_git))
 
     m = sub.add_parser("mutate", help="inject bugs into code with tests (HumanEval or a Python project)")
     m.add_argument("--source", required=True,
@@ -58,7 +58,7 @@ def add_parser(subparsers) -> None:
     m.add_argument("--operators", default=None, help="comma-separated subset of the mutation operators")
     m.add_argument("--validate", action="store_true", help="validate kept tasks (repeats, exploit checks)")
     _common(m)
-    m.set_defaults(func=_synth_mutate)
+    m.set_defaults(func=_guard(_synth_mutate))
 
 
 def add_validate_parser(subparsers) -> None:
@@ -66,7 +66,7 @@ def add_validate_parser(subparsers) -> None:
                               description="Gold passes, empty fails, repeated runs agree, no trivial exploit.")
     p.add_argument("--tasks", required=True, help="JSONL file (or HF dataset folder) of tasks")
     _common(p, out_required=False)
-    p.set_defaults(func=_validate)
+    p.set_defaults(func=_guard(_validate))
 
 
 def _check_common(args) -> None:
@@ -74,6 +74,20 @@ def _check_common(args) -> None:
         raise UserError("--workers must be at least 1")
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
+
+
+def _guard(fn):
+    """Turn a sandbox failure into one clean line (exit 2); the ledger keeps what finished."""
+
+    def wrapped(args) -> int:
+        from minicoder.tasks.runner import SandboxFailure
+
+        try:
+            return fn(args)
+        except SandboxFailure as e:
+            raise UserError(f"the sandbox failed, stopping (rerun the same command to resume): {e}") from None
+
+    return wrapped
 
 
 def _print(summary) -> None:

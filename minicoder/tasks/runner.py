@@ -1,7 +1,8 @@
 """The one place synthesis touches execution: a thin adapter over `minicoder.sandbox.run_tests`.
 
 Candidate code (mined commits, mutants, trivial patches) only ever runs inside the sandbox; this
-module adds no execution of its own. It normalises what synthesis needs from a `TestRun`: the set
+module adds no execution of its own. A failure of the sandbox itself raises `SandboxFailure` so
+that no pipeline records it as a verdict on the candidate. It normalises what synthesis needs from a `TestRun`: the set
 of test ids that passed, and whether the patch applied, and counts the sandbox runs it made so
 benchmarks can report runs per task.
 """
@@ -13,6 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BACKENDS = ("local", "docker")
+
+
+class SandboxFailure(RuntimeError):
+    """The sandbox itself failed (not the code under test): stop rather than record a wrong verdict."""
 PASSING = ("passed", "xfailed")
 
 
@@ -71,6 +76,10 @@ def run_tests(task, patch: str, test_ids: list[str] | None = None, backend: Any 
     tr = sandbox_run_tests(task, patch, test_ids=test_ids, backend=backend, timeout_s=timeout_s)
     dt = time.perf_counter() - t0
     COUNTER.add(dt)
+    # An infrastructure failure must not turn into "this mutant/commit/task is bad": a pipeline that
+    # recorded it would skip the candidate forever on resume. Code under test cannot cause these.
+    if tr.status == "error" or (tr.status == "no_report" and "bwrap:" in tr.message):
+        raise SandboxFailure(f"{task.instance_id}: {tr.status}: {tr.message[:300]}")
     log = (tr.exec.stdout or "")[-4000:] if tr.exec is not None else ""
     return Run(outcomes=dict(tr.outcomes), status=str(tr.status), patch_applied=bool(tr.patch_applied),
                log=log, seconds=dt, messages=dict(getattr(tr, "messages", {}) or {}))
