@@ -10,6 +10,8 @@ Steps (select with --steps; each writes its section of bench/results/synthesis.j
 
 Runs are resumable (the pipelines' ledgers live in bench/results/tmp/synthesis/), so an interrupted
 benchmark continues; tasks/minute always counts only the candidates processed in this invocation.
+Each step saves its own section there; the JSON is assembled from all sections present
+(`--steps ""` only re-assembles it).
 The machine is shared: the load average at the start and end of each step is recorded.
 """
 
@@ -143,14 +145,18 @@ def main() -> int:
     if args.fresh and WORK.exists():
         shutil.rmtree(WORK)
     WORK.mkdir(parents=True, exist_ok=True)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     steps = {"humaneval": step_humaneval, "package": step_package, "throughput": step_throughput}
-    for name in args.steps.split(","):
-        results[name] = steps[name](args)
-        results["date"] = datetime.now(UTC).replace(microsecond=0).isoformat()
-        results["machine"] = machine_info()
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    for name in [s for s in args.steps.split(",") if s]:
+        section = steps[name](args)
+        section["finished"] = datetime.now(UTC).replace(microsecond=0).isoformat()
+        # each step keeps its own file, so steps can run as separate (even concurrent) invocations
+        (WORK / f"section_{name}.json").write_text(json.dumps(section, indent=2) + "\n")
+    results = {name: json.loads((WORK / f"section_{name}.json").read_text())
+               for name in steps if (WORK / f"section_{name}.json").exists()}
+    results["date"] = datetime.now(UTC).replace(microsecond=0).isoformat()
+    results["machine"] = machine_info()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     print(f"wrote {RESULTS}")
     return 0
