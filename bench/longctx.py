@@ -4,6 +4,7 @@
     transformers' own PyTorch fallback ``torch_chunk_gated_delta_rule`` (Qwen3-Next), same inputs at
     T = 4096, for two head layouts (the ``small`` preset's and Qwen3-Next's 16 q/k x 32 v heads of
     128). Outputs and final states must agree; times are medians of interleaved runs.
+(a') the same kernel alone at the context lengths of (b): its CPU time per token should stay flat.
 (b) model: prefill time and inference-cache memory against context length (up to 32k) for the hybrid
     3:1 layout (3 Gated DeltaNet : 1 gated attention) vs an all-attention stack of the same width,
     plus an all-DeltaNet stack to show the delta rule's own scaling. The model is the toy preset's
@@ -133,6 +134,33 @@ def bench_kernels(T: int, layouts: dict[str, tuple[int, int, int, int]], repeats
     return rows
 
 
+def loglog_slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares p in y ~ x^p."""
+    pts = [(math.log(x), math.log(y)) for x, y in points]
+    mx, my = statistics.fmean(x for x, _ in pts), statistics.fmean(y for _, y in pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+
+
+def bench_kernel_scaling(Ts: list[int], layout: tuple[int, int, int, int], repeats: int = 3) -> dict:
+    """Our chunked kernel alone against T: CPU time per token should stay flat (linear total)."""
+    Hq, H, K, V = layout
+    rows = []
+    for T in Ts:
+        gen = torch.Generator().manual_seed(T)
+        q, k = torch.randn(1, T, Hq, K, generator=gen), torch.randn(1, T, Hq, K, generator=gen)
+        v = torch.randn(1, T, H, V, generator=gen)
+        g, beta = F.logsigmoid(torch.randn(1, T, H, generator=gen) + 3), torch.rand(1, T, H, generator=gen)
+        fn = functools.partial(chunk_gated_delta_rule, q, k, v, g, beta, use_qk_l2norm_in_kernel=True)
+        with torch.no_grad():
+            fn()
+            cpu = statistics.median(timed(fn)[1] for _ in range(repeats))
+        rows.append({"T": T, "cpu_s": cpu, "cpu_us_per_token": 1e6 * cpu / T})
+        print(f"  T={T:>6}  CPU {cpu:7.3f}s  {1e6 * cpu / T:6.1f} us/token", flush=True)
+    p = loglog_slope([(r["T"], r["cpu_s"]) for r in rows])
+    print(f"  CPU time ~ T^{p:.2f}")
+    return {"layout_Hq_H_K_V": list(layout), "rows": rows, "cpu_time_scaling_exponent": p}
+
+
 # --- (b) hybrid vs all-attention: prefill time and cache memory ---------------------------------------
 
 def model_configs():
@@ -184,12 +212,8 @@ def bench_model(contexts: list[int], repeats: int) -> dict:
                   f"us/tok, wall {row['prefill_median_wall_s']:8.3f}s)  cache {mem['total'] / 2**20:8.3f} MiB "
                   f"(analytic {want / 2**20:.3f})", flush=True)
     # scaling exponent p in CPU time ~ T^p: least-squares slope of log(time) on log(T), all contexts
-    fits = {}
-    for name in cfgs:
-        pts = [(math.log(r["T"]), math.log(r["prefill_median_cpu_s"])) for r in rows if r["model"] == name]
-        if len(pts) >= 2:
-            mx, my = statistics.fmean(x for x, _ in pts), statistics.fmean(y for _, y in pts)
-            fits[name] = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+    fits = {name: loglog_slope([(r["T"], r["prefill_median_cpu_s"]) for r in rows if r["model"] == name])
+            for name in cfgs}
     by = {(r["model"], r["T"]): r for r in rows}
     ratios = {T: by[("hybrid_3to1", T)]["cache_bytes"] / by[("all_attention", T)]["cache_bytes"] for T in contexts}
     return {
@@ -247,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "longctx", "machine": machine_info(), "args": vars(args)}
     print(f"(a) chunked gated delta rule vs transformers' torch_chunk_gated_delta_rule, T={args.T}")
     result["kernels"] = bench_kernels(args.T, layouts, args.repeats)
+    print(f"(a') our chunked kernel alone vs T, layout {next(iter(layouts))} (Hq, H, K, V)")
+    result["kernel_scaling"] = bench_kernel_scaling(contexts, next(iter(layouts.values())))
     if not args.skip_model:
         print("(b) prefill time and cache memory vs context (toy width, dense MLP, float32)")
         result["model"] = bench_model(contexts, args.model_repeats)
