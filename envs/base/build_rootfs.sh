@@ -43,6 +43,7 @@ if ! debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$mirr
   exit 1
 fi
 rm -f "$root.log"
+echo "[rootfs] debootstrap done in ${SECONDS}s"
 
 echo "[rootfs] trimming (apt caches and lists, docs, man pages, locales)"
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/lib/apt/lists/* \

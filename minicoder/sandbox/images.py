@@ -354,7 +354,7 @@ def registry_reachable(timeout: float = 3.0) -> bool:
 
 
 def _rootfs_tarball(rebuild: bool, log: Log) -> Path:
-    tar = cache_dir() / "images" / f"bookworm-python3.11-rootfs-{content_hash(ROOTFS_SCRIPT)}.tar"
+    tar = cache_dir() / "images" / f"bookworm-python3.11-rootfs-{content_hash(ROOTFS_SCRIPT)}.tar"  # name: see _remove_superseded
     if tar.is_file() and not rebuild:
         log(f"rootfs tarball cached: {tar}")
         return tar
@@ -366,9 +366,11 @@ def _rootfs_tarball(rebuild: bool, log: Log) -> Path:
         )
     mirror = debian_mirror()
     log(f"building the rootfs tarball with debootstrap from {mirror} (about a minute)")
+    t0 = time.perf_counter()
     proc = subprocess.run(["bash", str(ROOTFS_SCRIPT), str(tar), mirror], check=False)
     if proc.returncode != 0 or not tar.is_file():
         raise ImageBuildError(f"{ROOTFS_SCRIPT.name} failed (exit {proc.returncode}); see its output above")
+    log(f"rootfs tarball built in {time.perf_counter() - t0:.1f}s")
     return tar
 
 
@@ -378,6 +380,7 @@ def _offline_base(client, rebuild: bool, log: Log) -> str:
     tag = f"{ROOTFS_REPO}:{content_hash(ROOTFS_SCRIPT)}"
     if rebuild or not image_exists(client, tag):
         log(f"docker import {tar.name} -> {tag}")
+        t0 = time.perf_counter()
         repo, _, version = tag.partition(":")
         try:
             client.api.import_image(src=str(tar), repository=repo, tag=version, changes=[f"LABEL {LABEL}=1"])
@@ -385,6 +388,7 @@ def _offline_base(client, rebuild: bool, log: Log) -> str:
             raise ImageBuildError(f"docker import of {tar} failed: {e}") from e
         if not image_exists(client, tag):
             raise ImageBuildError(f"docker import of {tar} reported success but {tag} does not exist")
+        log(f"imported in {time.perf_counter() - t0:.1f}s")
     return tag
 
 
@@ -419,7 +423,8 @@ def base_image(client, tag: str = BASE_TAG, rebuild: bool = False, source: str |
     if source not in ("auto", "registry", "offline"):
         raise ValueError(f"base_image: source must be auto, registry or offline, got {source!r}")
     recipe = base_recipe_hash()
-    if not rebuild and image_exists(client, tag):
+    old_id = client.images.get(tag).id if image_exists(client, tag) else None
+    if not rebuild and old_id is not None:
         have = image_labels(client, tag).get(RECIPE_LABEL)
         if have == recipe:
             return tag
@@ -431,12 +436,39 @@ def base_image(client, tag: str = BASE_TAG, rebuild: bool = False, source: str |
         # Everything is in the rootfs already: the Dockerfile's install steps are no-ops, no network.
         buildargs, network = {"BASE": _offline_base(client, rebuild, log)}, "none"
     log(f"building {tag} FROM {buildargs['BASE']} (envs/base/Dockerfile)")
+    t0 = time.perf_counter()
     build_from_dockerfile(
         client, tag, context=BASE_RECIPE_DIR, buildargs=buildargs, network_mode=network,
         labels={RECIPE_LABEL: recipe, "minicoder.base-source": source}, rebuild=True,
     )
+    log(f"built in {time.perf_counter() - t0:.1f}s; checking it")
     verify_image(client, tag)
+    _remove_superseded(client, tag, old_id, buildargs["BASE"] if source == "offline" else None, log)
     return tag
+
+
+def _remove_superseded(client, tag: str, old_id: str | None, rootfs_tag: str | None, log: Log) -> None:
+    """Free the disk of what a rebuild replaced: the previous base image, older rootfs images and
+    tarballs. Only what nothing uses: the engine refuses to delete an image that containers or
+    other images (task images built on it) still use, and that refusal is fine."""
+    import docker
+
+    doomed = []
+    if old_id is not None and old_id != client.images.get(tag).id:
+        doomed.append(old_id)
+    if rootfs_tag is not None:
+        doomed += [t for img in client.images.list(name=ROOTFS_REPO) for t in img.tags if t != rootfs_tag]
+        keep = f"bookworm-python3.11-rootfs-{rootfs_tag.partition(':')[2]}.tar"
+        for old in (cache_dir() / "images").glob("bookworm-python3.11-rootfs-*.tar"):
+            if old.name != keep:
+                old.unlink(missing_ok=True)
+                log(f"removed the superseded rootfs tarball {old.name}")
+    for ref in doomed:
+        try:
+            client.images.remove(ref)
+            log(f"removed the superseded image {ref[:19] if ref.startswith('sha256:') else ref}")
+        except docker.errors.APIError as e:  # still in use: keep it
+            log(f"kept the superseded image {ref[:19] if ref.startswith('sha256:') else ref} ({e.explanation or e})")
 
 
 _PROBE = r"""
