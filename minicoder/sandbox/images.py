@@ -537,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default=BASE_TAG, help=f"image tag (default {BASE_TAG})")
     p.add_argument("--no-start", action="store_true", help="do not try to start an engine when none answers")
     args = parser.parse_args(argv)
+    repo, _, version = args.tag.rpartition(":") if ":" in args.tag else (args.tag, "", "latest")
+    if not _REPO_RE.match(repo) or not re.fullmatch(r"[\w][\w.-]{0,127}", version):
+        parser.error(f"--tag {args.tag!r} is not a valid image name (like minicoder/python:3.11)")
 
     t0 = time.perf_counter()
     try:
