@@ -165,7 +165,7 @@ def soak(task, backend: str, n: int, workers: int) -> dict:
         timeout = 4.0 if name in ("infinite_loop", "sleep") else None
         r = evaluate(task, patch, backend=backend, limits=LIMITS, timeout_s=timeout)
         ok = (r.reward == 1.0) if attack is None else (r.reward == attack.expect_reward and r.status in attack.expect_status)
-        return name, r.status, ok
+        return name, r.status, ok, r.message[:160]
 
     t0 = time.perf_counter()
     try:
@@ -182,9 +182,9 @@ def soak(task, backend: str, n: int, workers: int) -> dict:
         D.flush_pools()
         handed = {cid for pool in list(D._pools.values()) for cid in pool.handed_out}
         left_containers = len([c for c in D.labelled_containers(role="sandbox") if c.id in handed])
-    wrong = [(name, status) for name, status, ok in rows if not ok]
+    wrong = [(name, status, msg) for name, status, ok, msg in rows if not ok]
     statuses: dict[str, int] = {}
-    for _, s, _ in rows:
+    for _, s, _, _ in rows:
         statuses[s] = statuses.get(s, 0) + 1
     return {"backend": backend, "n": n, "hostile": sum(1 for j in jobs if j[1] is not None), "recorded": len(rows),
             "workers": workers, "wall_s": wall, "evals_per_s": n / wall, "statuses": statuses,
