@@ -29,7 +29,9 @@ mkdir -p "$(dirname "$out")"
 root="$out.rootfs.$$"
 cleanup() {
   # debootstrap can leave /proc (and friends) mounted in the target when it fails half-way.
-  for m in proc sys dev/pts dev; do mountpoint -q "$root/$m" 2>/dev/null && umount -l "$root/$m" || true; done
+  for m in proc sys dev/pts dev; do
+    if mountpoint -q "$root/$m" 2>/dev/null; then umount -l "$root/$m" || true; fi
+  done
   rm -rf "$root" "$out.tmp.$$" "$root.log"
 }
 trap cleanup EXIT

@@ -365,7 +365,7 @@ def _rootfs_tarball(rebuild: bool, log: Log) -> Path:
             "where a registry is reachable."
         )
     mirror = debian_mirror()
-    log(f"building the rootfs tarball with debootstrap from {mirror} (about a minute)")
+    log(f"building the rootfs tarball with debootstrap from {mirror} (about a minute on an idle 2-core machine)")
     t0 = time.perf_counter()
     proc = subprocess.run(["bash", str(ROOTFS_SCRIPT), str(tar), mirror], check=False)
     if proc.returncode != 0 or not tar.is_file():
