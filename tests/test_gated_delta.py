@@ -27,6 +27,15 @@ from minicoder.ops.gated_delta.chunk import chunk_gated_delta_rule as torch_chun
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Every tensor here is tiny: one thread avoids OpenMP spin-up (and stalls on a busy CI machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
 
@@ -140,6 +149,7 @@ def _hf(name: str):
     return inspect.unwrap(getattr(mod, name))
 
 
+@pytest.mark.slow  # imports transformers' Qwen3-Next modelling code
 @pytest.mark.parametrize("l2", [False, True])
 def test_recurrence_matches_transformers_reference(l2):
     hf_recurrent = _hf("torch_recurrent_gated_delta_rule")
@@ -234,6 +244,7 @@ def test_gradients_match_recurrence(packed):
         assert rel(b, a) < 1e-10, name
 
 
+@pytest.mark.slow
 def test_gradcheck_chunk_small():
     xs = make(B=1, T=9, Hq=1, H=2, K=3, V=2, seed=14, requires_grad=True)
     h0 = state(1, H=2, K=3, V=2, requires_grad=True)
@@ -313,6 +324,7 @@ def test_register_backend_is_an_extension_point():
         gd.KERNELS = tuple(x for x in gd.KERNELS if x != "broken")
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_cpu_path_never_imports_fla():
     code = (
         "import sys, torch; import minicoder.ops.gated_delta as gd\n"
