@@ -149,9 +149,21 @@ def _cpu(x: Any) -> Any:
 GIB = 1024 ** 3
 
 
-def _param_counts(cfg) -> dict[str, int]:
-    """Total parameters, embeddings + head, and the largest decoder layer, from a meta-device model."""
+_COUNTS: dict[str, dict[str, Any]] = {}
+
+
+def _param_counts(cfg) -> dict[str, Any]:
+    """Total parameters, the largest decoder layer, and the unsharded fp32 AdamW training-state bytes
+    (`minicoder.model.accounting.memory_plan`), from meta-device models; cached per config."""
+    key = repr(cfg)
+    if key not in _COUNTS:
+        _COUNTS[key] = _count(cfg)
+    return _COUNTS[key]
+
+
+def _count(cfg) -> dict[str, Any]:
     from minicoder.model import HybridLM
+    from minicoder.model.accounting import memory_plan as state_bytes
 
     with torch.device("meta"):
         m = HybridLM(cfg)
@@ -160,8 +172,11 @@ def _param_counts(cfg) -> dict[str, int]:
     layers = [sum(p.numel() for p in layer.parameters()) for layer in m.model.layers]
     if m.mtp is not None:
         layers.append(sum(p.numel() for p in m.mtp.parameters()))
+    # FSDP2 keeps float32 parameters (no separate master copy), float32 grads and AdamW's two float32
+    # moments: 16 bytes per parameter before sharding
+    state = state_bytes(cfg, param_dtype=torch.float32, optimizer="adamw", shards=1)["total"]
     return {"total": total, "embed_and_head": embed, "largest_layer": max(layers) if layers else 0,
-            "num_layers": len(m.model.layers)}
+            "num_layers": len(m.model.layers), "state_bytes": state}
 
 
 def memory_plan(cfg, n_gpus: int, seq_len: int = 4096, micro_batch: int = 1, activation_checkpointing: bool = True,
@@ -174,15 +189,11 @@ def memory_plan(cfg, n_gpus: int, seq_len: int = 4096, micro_batch: int = 1, act
     """
     if n_gpus < 1:
         raise ValueError(f"n_gpus must be >= 1, got {n_gpus}")
-    from minicoder.model.accounting import memory_plan as state_bytes
-
     pc = _param_counts(cfg)
     P = pc["total"]
     tokens = seq_len * micro_batch
     H = cfg.hidden_size
-    # FSDP2 keeps float32 parameters (no separate master copy), float32 grads and AdamW's two float32
-    # moments, all sharded: 16 bytes per parameter / N (the model stage's accounting computes it)
-    sharded = state_bytes(cfg, param_dtype=torch.float32, optimizer="adamw", shards=n_gpus)["total"]
+    sharded = pc["state_bytes"] / n_gpus  # params + grads + AdamW moments, fp32, sharded N ways
     gathered = 2 * pc["largest_layer"] * 2  # two layers unsharded in bf16 (current + prefetched)
     # Working set of one layer during its (re)computation, bf16, per token: the mixer's projections
     # (q, k, v, gate, DeltaNet qkvz/ba ~ 4x hidden-ish), the MoE dispatch (top_k expert inputs and

@@ -2,7 +2,8 @@
 
 Each record has ``step`` plus whatever the trainer measured: ``loss`` (language-model cross-entropy,
 nats per token), ``aux_loss`` (MoE load balancing), ``lr``, ``grad_norm`` (before clipping),
-``tokens`` (loss-bearing tokens in the step), ``tokens_per_s``, ``elapsed_s`` and ``expert_load``
+``tokens`` (loss-bearing tokens in the step; with none, ``loss`` is NaN, stored as null),
+``tokens_per_s``, ``elapsed_s`` and ``expert_load``
 (per MoE layer, the fraction of routed token slots each expert received).
 
 A resumed run reopens the file and first drops records past the checkpoint it resumed from (they
@@ -58,7 +59,7 @@ class MetricsLogger:
 
 def _jsonable(x: Any) -> Any:
     if isinstance(x, float):
-        return x if math.isfinite(x) else str(x)
+        return x if math.isfinite(x) else None  # JSON has no NaN / inf: null
     if isinstance(x, dict):
         return {k: _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -98,7 +99,8 @@ def plot_metrics(src, title: str = "training"):
 
     def line(key, row, col, name=None):
         ys = [r.get(key) for r in recs]
-        if any(isinstance(y, (int, float)) for y in ys):
+        ys = [y if isinstance(y, (int, float)) and math.isfinite(y) else None for y in ys]  # gaps
+        if any(y is not None for y in ys):
             fig.add_scatter(x=steps, y=ys, name=name or key, mode="lines", row=row, col=col)
 
     line("loss", 1, 1)

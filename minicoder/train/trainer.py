@@ -205,10 +205,12 @@ class Trainer:
         self.step += 1
         sums = all_reduce_sum(torch.tensor([ce_tot.item(), mtp_tot.item(), aux_tot]), self.dist).tolist()
         dt = time.perf_counter() - t0
-        rec: dict[str, Any] = {"step": self.step, "loss": sums[0] / denom, "lr": lr, "grad_norm": grad_norm,
+        # a step whose batch has no loss-bearing token (e.g. only system prompts) has no loss: NaN, not 0
+        no_tokens = float("nan") if n_global == 0 else None
+        rec: dict[str, Any] = {"step": self.step, "loss": no_tokens or sums[0] / denom, "lr": lr, "grad_norm": grad_norm,
                                "tokens": n_global, "tokens_per_s": n_global / dt, "step_s": dt}
         if self.has_mtp:
-            rec["mtp_loss"] = sums[1] / denom
+            rec["mtp_loss"] = no_tokens or sums[1] / denom
         if tracker.counts is not None:
             rec["aux_loss"] = sums[2] / w
             rec["expert_load"] = (tracker.load() / self.top_k).cpu().tolist()  # [layers, E], rows sum to 1
