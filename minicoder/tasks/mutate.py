@@ -584,13 +584,17 @@ def build_candidate(subject: Subject, instance_id: str, mutations: list[Mutation
     unfixed = after.not_passed(passing)
     if unfixed:
         return done(False, "reverting the mutation does not fix the tests")
-    statement = problem_statement(subject, sorted(broken))
+    statement = problem_statement(subject, sorted(broken), before.messages)
     task = subject.task(instance_id, buggy, sorted(broken), sorted(passing - broken), statement, meta)
     return done(True, "", task)
 
 
-def problem_statement(subject: Subject, failing: list[str]) -> str:
-    """An issue-style statement: what misbehaves and which tests show it; never the fix."""
+def problem_statement(subject: Subject, failing: list[str], messages: dict[str, str] | None = None) -> str:
+    """An issue-style statement: what misbehaves and which tests show it; never the fix.
+
+    With per-case test snippets (HumanEval) up to three failing checks are quoted; otherwise the
+    first failure messages of the test run are (e.g. `AssertionError: assert 'x' == 'y'`).
+    """
     lines = [f"{subject.what[0].upper() + subject.what[1:]} has a bug: it no longer behaves as documented."
              if subject.what else "The code has a bug: it no longer behaves as documented.", ""]
     examples = [(t, subject.test_snippets[t]) for t in failing if t in subject.test_snippets][:3]
@@ -598,6 +602,12 @@ def problem_statement(subject: Subject, failing: list[str]) -> str:
         lines.append("These checks fail:")
         for _, code in examples:
             lines += ["```python", code.strip(), "```"]
+    elif messages:
+        shown_msgs = [(t, messages[t]) for t in failing if messages.get(t)][:2]
+        if shown_msgs:
+            lines.append("Failure output:")
+            for t, msg in shown_msgs:
+                lines += ["```", f"{t}: {msg.strip()[:300]}", "```"]
     shown = failing[:8]
     lines.append("Failing tests: " + ", ".join(f"`{t}`" for t in shown)
                  + (f" and {len(failing) - len(shown)} more." if len(failing) > len(shown) else "."))
