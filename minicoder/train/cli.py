@@ -96,8 +96,9 @@ def _tokenizer(args, dist_rank: int):
         raise _err(f"--tokenizer {args.tokenizer}: no such file or folder")
     from minicoder.data.corpus import iter_corpus
 
-    print(f"training a byte-level BPE tokenizer ({args.vocab_size} ids) on the stdlib ...")
-    return train_tokenizer([d.text for d in iter_corpus("stdlib", max_files=400, seed=0)], vocab_size=args.vocab_size)
+    n = max(50, min(400, args.max_files or 400))
+    print(f"training a byte-level BPE tokenizer ({args.vocab_size} ids) on {n} stdlib files ...")
+    return train_tokenizer([d.text for d in iter_corpus("stdlib", max_files=n, seed=0)], vocab_size=args.vocab_size)
 
 
 def _dataset(args, tok):
