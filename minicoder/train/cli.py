@@ -9,7 +9,9 @@
 --data: stdlib | humaneval | git:PATH | tasks:FILE (a task JSONL / HF dataset folder, turned into
 agent trajectories; a path ending in .jsonl means the same). The tokenizer is --tokenizer, else the
 run folder's tokenizer.json (on --resume / --init), else a byte-level BPE trained on the stdlib and
-saved in the run folder. The model's vocabulary is set to the tokenizer's.
+saved in the run folder. The model's vocabulary is set to the tokenizer's. The learning-rate schedule
+spans --steps: resume with the same --steps (and data options) for a continuation identical to an
+uninterrupted run (checked on CPU, one process and two-process FSDP2 alike).
 """
 
 from __future__ import annotations
@@ -155,7 +157,15 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and ckpt.latest_checkpoint(args.out / "checkpoints") is None:
         raise _err(f"--resume: no checkpoint in {args.out / 'checkpoints'}")
     info, device = init_distributed(args.device)
-    tok = _tokenizer(args, info.rank)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if info.enabled and info.rank != 0:  # rank 0 trains or loads the tokenizer; the others read its copy
+        torch.distributed.barrier()
+        tok = _tokenizer(argparse.Namespace(**{**vars(args), "tokenizer": args.out / "tokenizer.json"}), info.rank)
+    else:
+        tok = _tokenizer(args, info.rank)
+        tok.save(args.out / "tokenizer.json")
+        if info.enabled:
+            torch.distributed.barrier()
     ds = _dataset(args, tok)
     try:
         model, mcfg = build_model(args.config, vocab_size=tok.vocab_size, seed=args.seed, device=str(device))
@@ -175,9 +185,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, rows=args.rows, grad_accum=args.grad_accum, lr=args.lr, warmup_steps=warmup,
                       weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed, compile=args.compile,
                       ckpt_every=args.ckpt_every, keep_last=args.keep_last)
-    args.out.mkdir(parents=True, exist_ok=True)
     if info.rank == 0:
-        tok.save(args.out / "tokenizer.json")
         mcfg.to_json(args.out / "config.json")
     tr = Trainer(model, ds, cfg, out_dir=args.out, dist=info, model_config=mcfg,
                  extra_state={"tokenizer": str(args.out / "tokenizer.json"), "data": args.data})
