@@ -134,7 +134,7 @@ def test_humaneval_mutation_tasks_validate_in_the_sandbox(tmp_path):
     from minicoder.tasks.pipeline import synth_mutate
     from minicoder.tasks.schema import read_tasks
 
-    subject = humaneval_subject(humaneval_problems()[0])
+    subject = humaneval_subject(humaneval_problems()[4])  # two sampled bugs on different lines: combinable
     s = synth_mutate([subject], tmp_path / "t.jsonl", per_subject=2, combine=1, seed=0, validate=True,
                      backend="local", workers=2, progress=False)
     tasks = read_tasks(tmp_path / "t.jsonl")

@@ -180,7 +180,7 @@ is resumable. (Sizes are small here; `bench/synthesis.py` runs all 164 problems.
 
 code("""
 out_dir = Path(tempfile.mkdtemp(prefix="nb08-tasks-"))
-subjects = [mutate.humaneval_subject(p) for p in problems[:1 if CI else 3]]
+subjects = [mutate.humaneval_subject(p) for p in (problems[4:5] if CI else problems[3:6])]
 summary = pipeline.synth_mutate(subjects, out_dir / "tasks.jsonl", per_subject=2, combine=1, seed=0,
                                 validate=True, backend="local", workers=2, progress=False)
 print(summary.table())
