@@ -1,7 +1,7 @@
 """Benchmark: training throughput. Packing vs padding on a CPU (toy config); tokens/s and MFU on a GPU.
 
 CPU, toy config: the same stdlib documents (a seeded sample, toy BPE tokenizer) are laid into rows of
-L = 256 tokens two ways, Best-Fit Packing (``bfd``) and one document per row padded (``pad``,
+L = 1024 tokens two ways, Best-Fit Packing (``bfd``) and one document per row padded (``pad``,
 documents longer than L split into rows of their own, so nothing is dropped). Each layout trains for
 the same number of steps of the same batch shape (rows x L). Reported: wall time per step, total
 tokens/s (row slots, padding included) and *useful* tokens/s (loss-bearing tokens only). Same batch
@@ -108,8 +108,8 @@ def gpu_bench(args) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=150, help="stdlib files in the CPU corpus")
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--rows", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=1024)
+    ap.add_argument("--rows", type=int, default=1)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
     ap.add_argument("--gpu-seq-len", type=int, default=4096)
