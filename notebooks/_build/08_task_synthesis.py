@@ -281,6 +281,28 @@ print("kept", len(rep.kept), "| rejected:", [(i, r) for i, r, _ in rep.rejected]
 """)
 
 md("""
+## 6 · The shipped seed set
+
+`data/tasks/seed_tasks.jsonl` holds a few hundred validated HumanEval-derived tasks, made by the same
+pipeline (the command is in `data/tasks/README.md`); the RL stage trains on them. A quick look:
+""")
+
+code("""
+seed_path = ROOT / "data" / "tasks" / "seed_tasks.jsonl"
+if seed_path.exists():
+    seed = read_tasks(seed_path)
+    ops = Counter(op if len(t.metadata["operators"]) == 1 else "combined"
+                  for t in seed for op in t.metadata["operators"][:1])
+    print(len(seed), "tasks from", len({t.metadata["humaneval_id"] for t in seed}), "problems,",
+          f"{seed_path.stat().st_size / 1e6:.1f} MB")
+    fig = go.Figure(go.Bar(x=list(ops), y=list(ops.values())))
+    fig.update_layout(title="seed set: tasks per mutation operator", height=300)
+    fig.show()
+else:
+    print("no seed set at", seed_path)
+""")
+
+md("""
 **What we built.** `minicoder synth git --repo PATH`, `minicoder synth mutate --source humaneval|PATH`
 and `minicoder validate --tasks F --backend local|docker` run these pipelines resumably and write
 a report; `data/tasks/seed_tasks.jsonl` is a validated HumanEval-derived seed set for the RL stage.
