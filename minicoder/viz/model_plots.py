@@ -125,7 +125,7 @@ def stacked_bars(rows: Mapping[str, Mapping[str, float]], title: str, yaxis: str
         parts += [p for p in r if p not in parts]
     fig = go.Figure()
     for p in parts:
-        fig.add_trace(go.Bar(x=list(rows), y=[r.get(p, 0.0) for r in rows.values()], name=p,
+        fig.add_trace(go.Bar(x=list(rows), y=[r.get(p, 0.0) for r in rows.values()], name=LAYER_NAMES.get(p, p),
                              marker_color=LAYER_COLORS.get(p)))
     fig.update_layout(title=title, barmode="stack", yaxis_title=yaxis, width=800, height=400)
     if log_y:
