@@ -31,6 +31,7 @@ class Run:
     log: str = ""  # tail of the test output (for problem statements and debugging)
     seconds: float = 0.0
     messages: dict[str, str] = field(default_factory=dict)  # test id -> failure message
+    message: str = ""  # the sandbox's explanation when the status is not "ok"
 
     @property
     def trusted(self) -> bool:
@@ -82,4 +83,4 @@ def run_tests(task, patch: str, test_ids: list[str] | None = None, backend: Any 
         raise SandboxFailure(f"{task.instance_id}: {tr.status}: {tr.message[:300]}")
     log = (tr.exec.stdout or "")[-4000:] if tr.exec is not None else ""
     return Run(outcomes=dict(tr.outcomes), status=str(tr.status), patch_applied=bool(tr.patch_applied),
-               log=log, seconds=dt, messages=dict(getattr(tr, "messages", {}) or {}))
+               log=log, seconds=dt, messages=dict(getattr(tr, "messages", {}) or {}), message=tr.message)

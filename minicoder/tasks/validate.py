@@ -227,6 +227,9 @@ def validate_task(task: Task, backend: Any = "local", repeats: int = 2, check_ex
             return reject("gold patch does not apply")
     while len(empty) < repeats:
         empty.append(run("", ids))
+    bad = next((r for r in gold if not r.trusted), None)
+    if bad is not None:  # a timeout, or a report the sandbox does not trust: not a test verdict
+        return reject(f"gold patch run not trusted: {bad.status}: {bad.message[:200]}")
     f2p, p2p = [], []
     for t in ids:
         g, e = _agree(gold, t), _agree(empty, t)
