@@ -112,7 +112,18 @@ def client():
 def labelled_containers(cl=None, role: str | None = None) -> list:
     cl = cl or client()
     filters = {"label": [f"{LABEL}=1"] + ([f"{ROLE_LABEL}={role}"] if role else [])}
-    return cl.containers.list(all=True, filters=filters)
+    # List ids first, then inspect each: a container removed in between (by a pool's background
+    # removal, or another process's cleanup) is skipped instead of failing the whole listing, as
+    # the SDK's containers.list(all=True) does.
+    import docker.errors
+
+    out = []
+    for row in cl.api.containers(all=True, filters=filters):
+        try:
+            out.append(cl.containers.get(row["Id"]))
+        except docker.errors.NotFound:
+            continue
+    return out
 
 
 def _remove(container) -> None:
