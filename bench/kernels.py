@@ -24,7 +24,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from minicoder.machine import machine_info as _machine_info  # noqa: E402
 from minicoder.ops.gated_delta.chunk import chunk_gated_delta_rule as torch_chunk  # noqa: E402
 from minicoder.ops.gated_delta.naive import naive_recurrent_gated_delta_rule  # noqa: E402
 from minicoder.ops.moe.naive import moe_experts_naive  # noqa: E402
@@ -45,28 +45,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for mod in ("torch", "triton", "fla"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:
-            versions[mod] = None
-    return {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "versions": versions,
-        # other processes sharing the CPU slow CPU timings down; recorded so the numbers can be judged
-        "load_average_1m_at_start": os.getloadavg()[0],
-    }
-
+    info = _machine_info(("torch", "triton", "fla"))
+    info["gpu"] = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return info
 
 def median_ms(fn: Callable[[], object], device: torch.device, reps: int, grad_to_none: list | None = None) -> float:
     """Median milliseconds per call: ``do_bench`` on CUDA, wall clock of ``reps`` runs on CPU."""

@@ -21,13 +21,10 @@ Run: ``.venv/bin/python bench/longctx.py`` (a few minutes; ``--quick`` for a smo
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import functools
 import inspect
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -40,36 +37,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from minicoder.machine import machine_info as _machine_info  # noqa: E402
 from minicoder.ops.gated_delta.chunk import chunk_gated_delta_rule  # noqa: E402
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    import transformers
-
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "loadavg_at_start": load,
-    }
-
+    return _machine_info(("torch", "transformers"))
 
 def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.double() - ref.double()).norm() / ref.double().norm()).item()

@@ -24,10 +24,8 @@ Run: ``.venv/bin/python bench/packing.py`` (about 2-4 minutes). Writes bench/res
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,36 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minicoder.data.corpus import iter_corpus  # noqa: E402
 from minicoder.data.packing import best_fit_pack, best_fit_pack_reference, concat_pack, pack_bfd, pad_pack  # noqa: E402
 from minicoder.data.tokenizer import toy_tokenizer  # noqa: E402
+from minicoder.machine import machine_info as _machine_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for mod in ("numpy", "torch", "trl", "datasets", "pyarrow", "tokenizers"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:
-            versions[mod] = None
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        **{f"{k}_version": v for k, v in versions.items()},
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        # The machine may be shared: the load average says how contended the timings were.
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-
+    return _machine_info(("numpy", "torch", "trl", "datasets", "pyarrow", "tokenizers"))
 
 def timed(fn, repeats: int):
     best, out = float("inf"), None

@@ -21,10 +21,8 @@ Run: `.venv/bin/python bench/sandbox.py [--backends local,docker] [--n 20] [--so
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -35,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from minicoder.machine import machine_info as _machine_info  # noqa: E402
 from minicoder.sandbox.base import Limits, pids_of_uid  # noqa: E402
 from minicoder.sandbox.examples import demo_task, hostile_patches  # noqa: E402
 from minicoder.sandbox.reward import evaluate  # noqa: E402
@@ -44,8 +43,7 @@ LIMITS = Limits(memory_mb=512, pids=128, file_size_mb=8, tmp_mb=64, disk_mb=128,
 
 
 def machine() -> dict:
-    info = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "platform": platform.platform(),
-            "python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
+    info = _machine_info(("docker",))
     try:
         info["bwrap"] = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
     except OSError:
@@ -54,7 +52,6 @@ def machine() -> dict:
         p = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True)
         info["docker_server"] = p.stdout.strip() or None
     return info
-
 
 def stats(xs: list[float]) -> dict:
     xs = sorted(xs)

@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,19 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minicoder.data.corpus import iter_corpus  # noqa: E402
 from minicoder.data.packing import pack_bfd, pad_pack  # noqa: E402
 from minicoder.data.tokenizer import train_tokenizer  # noqa: E402
+from minicoder.machine import machine_info as _machine_info  # noqa: E402
 from minicoder.train import PackedDataset, TrainConfig, Trainer, build_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine_info() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "load_average_1m": os.getloadavg()[0]}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
+    return _machine_info(("torch",))
 
 def time_run(ds: PackedDataset, vocab: int, rows: int, steps: int, warmup: int, device: str = "cpu",
              config: str = "toy", **over) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import threading
 import time
 from collections import Counter, defaultdict
@@ -94,9 +93,9 @@ def record(cid: str, *, kept: bool, stage: str, reason: str = "", task: Task | N
 # --- reports ------------------------------------------------------------------------------------
 
 def machine_info() -> dict[str, Any]:
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine()}
+    from minicoder.machine import machine_info as _machine_info
 
+    return _machine_info(())
 
 @dataclass
 class Summary:
