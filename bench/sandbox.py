@@ -239,7 +239,7 @@ def main() -> int:
             print(f"   soak: {s['recorded']}/{s['n']} recorded ({s['hostile']} hostile), {s['n_unexpected']} unexpected, "
                   f"stray processes {s['stray_processes_after']}, containers left {s['containers_left_after']}, "
                   f"{s['evals_per_s']:.2f} evals/s")
-    print(f"load average start {res['machine']['loadavg_start']}, end {res['machine']['loadavg_end']}")
+    print(f"load average start {res['machine']['load_average_at_start']}, end {res['machine']['loadavg_end']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {args.out}")
