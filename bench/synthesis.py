@@ -135,7 +135,7 @@ def step_throughput(args) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", default="humaneval,package,throughput")
-    ap.add_argument("--per-subject", type=int, default=4, help="mutants per HumanEval problem")
+    ap.add_argument("--per-subject", type=int, default=3, help="mutants per HumanEval problem")
     ap.add_argument("--limit", type=int, default=None, help="HumanEval problems (default all 164)")
     ap.add_argument("--package-mutants", type=int, default=20)
     ap.add_argument("--n-throughput", type=int, default=12)
@@ -149,6 +149,8 @@ def main() -> int:
     for name in [s for s in args.steps.split(",") if s]:
         section = steps[name](args)
         section["finished"] = datetime.now(UTC).replace(microsecond=0).isoformat()
+        section.setdefault("settings", {"workers": args.workers, "per_subject": args.per_subject,
+                                        "package_mutants": args.package_mutants})
         # each step keeps its own file, so steps can run as separate (even concurrent) invocations
         (WORK / f"section_{name}.json").write_text(json.dumps(section, indent=2) + "\n")
     results = {name: json.loads((WORK / f"section_{name}.json").read_text())
