@@ -252,10 +252,19 @@ def dir_size_mb(path: Path, stop_at_mb: float | None = None) -> float:
 def remove_tree(path: Path) -> None:
     """Remove a sandbox root, also when untrusted code left read-only dirs in it."""
 
-    def _onerror(func, p, _exc):
+    root = os.path.realpath(path)
+
+    def _onerror(func, p, exc):
+        if isinstance(exc[1], FileNotFoundError):
+            return  # already gone (another process reaped the same stale root)
+        # Make the entry and its parent writable, but never touch anything at or above the root:
+        # chmod'ing the root's parent would change a shared folder such as /tmp.
         try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
+            parent = os.path.realpath(os.path.dirname(p))
+            if parent == root or parent.startswith(root + os.sep):
+                os.chmod(parent, 0o700)
+            if os.path.realpath(p) != root:
+                os.chmod(p, 0o700)
             func(p)
         except OSError:
             pass
