@@ -30,6 +30,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -165,9 +166,21 @@ def drain(stream, sink: TailBuffer) -> threading.Thread:
 # --- host-side helpers shared by the backends ---------------------------------------------------
 
 def sandbox_base_dir() -> Path:
-    """Where sandbox roots live on the host ($MINICODER_SANDBOX_DIR, default the temp dir)."""
-    d = Path(os.environ.get("MINICODER_SANDBOX_DIR") or tempfile.gettempdir())
+    """Where sandbox roots live on the host ($MINICODER_SANDBOX_DIR, default /var/tmp/minicoder-sandboxes-UID).
+
+    A folder of our own rather than the shared temp dir: the sandbox's unprivileged uid must be able
+    to traverse every parent of its root, so we keep that folder world-traversable (0755) and re-assert
+    it here, instead of depending on the mode of a shared /tmp that other software may change.
+    """
+    env = os.environ.get("MINICODER_SANDBOX_DIR")
+    if env:
+        d = Path(env)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+    d = Path("/var/tmp" if os.path.isdir("/var/tmp") else tempfile.gettempdir()) / f"minicoder-sandboxes-{os.getuid()}"
     d.mkdir(parents=True, exist_ok=True)
+    if stat.S_IMODE(d.stat().st_mode) != 0o755:
+        os.chmod(d, 0o755)
     return d
 
 
