@@ -88,10 +88,12 @@ def test_verifier_that_does_not_exercise_the_fix_is_rejected():
 
 @pytest.mark.slow
 def test_flaky_tests_are_dropped_and_counted():
-    # ten coin-flip tests: P(all ten agree over three runs) = (1/4)^10 ~ 1e-6
-    flips = "".join(f"\n\ndef test_coin_{i}():\n    assert random.random() < 0.5\n" for i in range(10))
+    # 60 biased coins that pass 98% of the time. The test itself must not be flaky: a coin that
+    # fails in every gold run makes the gold patch fail (P ~ 60 * 0.02^3 = 5e-4), and no coin at
+    # all changing its outcome over the six runs leaves nothing to detect (P ~ (0.98^6)^60 = 7e-4).
+    flips = "".join(f"\n\ndef test_coin_{i}():\n    assert random.random() < 0.98\n" for i in range(60))
     tests = "import random\nfrom m import is_even\n\n\ndef test_three():\n    assert is_even(3) is False\n" + flips
-    coins = [f"test_m.py::test_coin_{i}" for i in range(10)]
+    coins = [f"test_m.py::test_coin_{i}" for i in range(60)]
     v = validate_task(make_task(EVEN_BUGGY, EVEN_FIXED, tests, ["test_m.py::test_three"], coins), repeats=3,
                       check_exploits=False)
     assert v.ok, v.reason
