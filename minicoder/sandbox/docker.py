@@ -393,8 +393,8 @@ class DockerSandbox(Sandbox):
                         out.write(o)
                     if e:
                         err.write(e)
-            except Exception:
-                pass
+            except Exception:  # the stream breaks when a timed-out container is killed: the exit
+                pass  # status and timed_out flag, not this pump, report what happened
             finally:
                 done.set()
 

@@ -124,7 +124,7 @@ def sandbox_runner(backend: str = "local") -> TestRunner | None:
     """A runner on `minicoder.sandbox.reward.run_tests` (isolated, hardened), or None without that stage."""
     try:
         from minicoder.sandbox.reward import run_tests
-    except Exception:
+    except ImportError:
         return None
 
     def sandbox(task: Task, with_fix: bool) -> tuple[str, bool]:
