@@ -1,19 +1,6 @@
 """Generate notebooks/02_gated_deltanet.ipynb (no outputs). Run: .venv/bin/python notebooks/_build/build_02_gated_deltanet.py"""
 
-from pathlib import Path
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-cells = []
-
-
-def md(s):
-    cells.append(new_markdown_cell(s.strip()))
-
-
-def code(s):
-    cells.append(new_code_cell(s.strip()))
+from nbgen import code, md, write_notebook
 
 
 md(r"""
@@ -378,10 +365,4 @@ md(r"""
 Next: `03_gated_attention`, the one layer in four that keeps a KV cache.
 """)
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-    "language_info": {"name": "python"},
-})
-out = Path(__file__).resolve().parents[1] / "02_gated_deltanet.ipynb"
-nbformat.write(nb, out)
-print("wrote", out)
+write_notebook("02_gated_deltanet.ipynb")

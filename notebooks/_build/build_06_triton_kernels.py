@@ -1,19 +1,6 @@
 """Generate notebooks/06_triton_kernels.ipynb (no outputs). Run: .venv/bin/python notebooks/_build/build_06_triton_kernels.py"""
 
-from pathlib import Path
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-cells = []
-
-
-def md(s):
-    cells.append(new_markdown_cell(s.strip()))
-
-
-def code(s):
-    cells.append(new_code_cell(s.strip()))
+from nbgen import code, md, write_notebook
 
 
 md(r"""
@@ -347,7 +334,4 @@ md(r"""
   launch serves every expert — including the ones that got no tokens (they just have no tiles).
 """)
 
-nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-out = Path(__file__).resolve().parents[1] / "06_triton_kernels.ipynb"
-nbformat.write(nb, out)
-print(f"wrote {out}")
+write_notebook("06_triton_kernels.ipynb")

@@ -1,19 +1,6 @@
 """Generate notebooks/07_pretraining.ipynb (no outputs). Run: .venv/bin/python notebooks/_build/build_07_pretraining.py"""
 
-from pathlib import Path
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-cells = []
-
-
-def md(s):
-    cells.append(new_markdown_cell(s.strip()))
-
-
-def code(s):
-    cells.append(new_code_cell(s.strip()))
+from nbgen import code, md, write_notebook
 
 
 md("""
@@ -340,7 +327,4 @@ md("""
 - The RL stage (notebook 10) reuses this trainer's pieces and the tool-call parser above.
 """)
 
-nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-out = Path(__file__).resolve().parents[1] / "07_pretraining.ipynb"
-nbformat.write(nb, out)
-print(f"wrote {out}")
+write_notebook("07_pretraining.ipynb")

@@ -1,19 +1,6 @@
 """Generate notebooks/09_container_rewards.ipynb (no outputs). Run: .venv/bin/python notebooks/_build/build_09_container_rewards.py"""
 
-from pathlib import Path
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-cells = []
-
-
-def md(s):
-    cells.append(new_markdown_cell(s.strip()))
-
-
-def code(s):
-    cells.append(new_code_cell(s.strip()))
+from nbgen import code, md, write_notebook
 
 
 md(r"""
@@ -215,7 +202,4 @@ host kernel. The local backend has no CPU quota and bounds memory per process (R
 tree. Rewards are only as good as the hidden tests: a weak test suite rewards weak fixes.
 """)
 
-nb = new_notebook(cells=cells, metadata={"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}})
-out = Path(__file__).resolve().parents[1] / "09_container_rewards.ipynb"
-nbformat.write(nb, out)
-print(f"wrote {out}")
+write_notebook("09_container_rewards.ipynb")

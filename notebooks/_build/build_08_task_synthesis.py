@@ -1,20 +1,6 @@
-"""Generates notebooks/08_task_synthesis.ipynb (without outputs): `python notebooks/_build/08_task_synthesis.py`."""
+"""Generates notebooks/08_task_synthesis.ipynb (without outputs): `python notebooks/_build/build_08_task_synthesis.py`."""
 
-from __future__ import annotations
-
-from pathlib import Path
-
-import nbformat as nbf
-
-cells: list[tuple[str, str]] = []
-
-
-def md(text: str) -> None:
-    cells.append(("md", text.strip("\n")))
-
-
-def code(text: str) -> None:
-    cells.append(("code", text.strip("\n")))
+from nbgen import code, md, write_notebook
 
 
 md("""
@@ -308,9 +294,4 @@ and `minicoder validate --tasks F --backend local|docker` run these pipelines re
 a report; `data/tasks/seed_tasks.jsonl` is a validated HumanEval-derived seed set for the RL stage.
 """)
 
-nb = nbf.v4.new_notebook()
-nb.cells = [nbf.v4.new_markdown_cell(t) if k == "md" else nbf.v4.new_code_cell(t) for k, t in cells]
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-out = Path(__file__).resolve().parents[1] / "08_task_synthesis.ipynb"
-nbf.write(nb, out)
-print("wrote", out)
+write_notebook("08_task_synthesis.ipynb")
