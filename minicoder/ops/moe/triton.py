@@ -28,18 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from minicoder.ops.gated_delta.triton import INTERPRETED, check_device
+from minicoder.ops.gated_delta.triton import INTERPRETED, _dot, check_device
 from minicoder.ops.moe.sorted import check_moe_inputs, sort_by_expert
-
-
-@triton.jit
-def _dot(a, b, LOWP: tl.constexpr):
-    """a @ b with float32 accumulation: bf16 operands when LOWP, else exact float32 products."""
-    if LOWP:
-        r = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
-    else:
-        r = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return r
 
 
 @triton.jit
