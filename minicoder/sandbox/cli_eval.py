@@ -1,16 +1,19 @@
 """`minicoder eval`: grade predictions (SWE-bench convention) against tasks in sandboxes.
 
     minicoder eval --tasks tasks.jsonl --predictions preds.jsonl --backend local --workers 2 \
-                   --out results.jsonl
+                   --out results.jsonl [--security | --no-security] [--static-penalty 0.25]
 
 Predictions are JSONL rows `{"instance_id": ..., "model_patch": ...}` (extra fields are ignored).
 Results are appended to `--out` one JSON line per instance *as each finishes* (flushed and synced),
 so a killed run loses nothing, and re-running skips instances already in `--out`. Ends with a
-summary table (status counts, resolved rate, latency).
+summary table (status counts, resolved rate, latency). Tasks that carry exploit tests are graded with
+the security reward by default (`minicoder.sandbox.security`: functional / security / static parts
+in each row; `--no-security` turns it off, `--security` turns it on for every task).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import threading
@@ -32,6 +35,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--memory-mb", type=int, default=2048)
     p.add_argument("--pids", type=int, default=256)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--security", action=argparse.BooleanOptionalAction, default=None,
+                   help="also run the exploit tests and bandit, reported apart (default: on for tasks that carry "
+                        "exploit tests; --no-security grades the functional tests only)")
+    p.add_argument("--static-penalty", type=float, default=None,
+                   help="reward taken off per new medium/high bandit finding (default 0.25)")
     p.set_defaults(func=run)
 
 
@@ -112,10 +120,14 @@ def run(args) -> int:
     from minicoder.cli import UserError
     from minicoder.sandbox.base import Limits, SandboxError
     from minicoder.sandbox.reward import evaluate
+    from minicoder.sandbox.security import DEFAULT_PENALTY, evaluate_security, security_on, security_summary
     from minicoder.tasks.schema import TaskFormatError, read_tasks
 
     if args.workers < 1:
         raise UserError("--workers must be at least 1")
+    penalty = DEFAULT_PENALTY if args.static_penalty is None else args.static_penalty
+    if penalty < 0:
+        raise UserError("--static-penalty must be >= 0")
     try:
         tasks = {t.instance_id: t for t in read_tasks(args.tasks)}
     except TaskFormatError as e:
@@ -144,7 +156,10 @@ def run(args) -> int:
     def one(iid: str) -> dict:
         t = tasks[iid]
         limits = Limits(timeout_s=args.timeout or t.environment.timeout_s, memory_mb=args.memory_mb, pids=args.pids)
-        row = evaluate(t, preds[iid], backend=args.backend, limits=limits).to_dict()
+        if security_on(t, args.security):
+            row = evaluate_security(t, preds[iid], backend=args.backend, limits=limits, penalty=penalty).to_dict()
+        else:
+            row = evaluate(t, preds[iid], backend=args.backend, limits=limits, security=False).to_dict()
         with lock:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()
@@ -173,6 +188,8 @@ def run(args) -> int:
             shutdown_pools()
     wall = time.perf_counter() - t0
     print(summary_table(rows))
+    if security_summary(rows):
+        print(security_summary(rows))
     if rows:
         print(f"{len(rows)} evaluated in {wall:.1f}s ({len(rows) / wall:.2f} evaluations/s); results: {args.out}")
     return 0

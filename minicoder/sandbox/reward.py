@@ -301,8 +301,17 @@ def run_tests(task: Task, patch: str | bytes | None, test_ids: list[str] | None 
 
 
 def evaluate(task: Task, patch: str | bytes | None, backend: str | Sandbox = "local",
-             timeout_s: float | None = None, limits: Limits | None = None) -> Reward:
-    """Reward 1.0 only when every FAIL_TO_PASS and PASS_TO_PASS test passed, else 0.0."""
+             timeout_s: float | None = None, limits: Limits | None = None,
+             security: bool | None = None) -> Reward:
+    """Reward 1.0 only when every FAIL_TO_PASS and PASS_TO_PASS test passed, else 0.0.
+
+    `security`: also run the task's exploit tests and bandit, reported apart (a `SecurityReward`,
+    see `minicoder.sandbox.security`); None (default) = on for tasks that carry exploit tests.
+    """
+    from minicoder.sandbox import security as sec  # lazy: security.py builds on this module
+
+    if sec.security_on(task, security):
+        return sec.evaluate_security(task, patch, backend=backend, timeout_s=timeout_s, limits=limits)
     ids = list(dict.fromkeys(task.FAIL_TO_PASS + task.PASS_TO_PASS))
     tr = run_tests(task, patch, ids, backend=backend, timeout_s=timeout_s, limits=limits)
     tests = {i: tr.outcomes.get(i, "missing") for i in ids}

@@ -2,6 +2,7 @@
 
     minicoder synth git --repo PATH --out tasks.jsonl [--validate] [--test-scope changed|all]
     minicoder synth mutate --source humaneval|PATH --out tasks.jsonl [--limit N] [--validate]
+    minicoder synth security --out tasks.jsonl [--per-class 24] [--classes sql_injection,...]
     minicoder validate --tasks tasks.jsonl --backend local|docker [--out validated.jsonl]
 
 All three are resumable: each finished candidate is one line in `<out>.ledger.jsonl`, and a rerun
@@ -59,6 +60,10 @@ def add_parser(subparsers) -> None:
     m.add_argument("--validate", action="store_true", help="validate kept tasks (repeats, exploit checks)")
     _common(m)
     m.set_defaults(func=_guard(_synth_mutate))
+
+    from minicoder.tasks.security import add_security_parser
+
+    add_security_parser(sub)
 
 
 def add_validate_parser(subparsers) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_IMAGE = "minicoder/python:3.11"
-SOURCES = ("git", "mutation", "humaneval", "manual")
+SOURCES = ("git", "mutation", "humaneval", "manual", "template")
 
 
 class TaskFormatError(ValueError):
@@ -80,7 +80,7 @@ class Task:
     PASS_TO_PASS: list[str]  # test ids that pass before and after
     environment: Environment = field(default_factory=lambda: Environment(files={}))
     language: str = "python"
-    source: str = "manual"  # how it was made: git | mutation | humaneval | manual
+    source: str = "manual"  # how it was made: git | mutation | humaneval | manual | template
     created_at: str = field(default_factory=_now)  # ISO 8601
     version: str = ""
     hints_text: str = ""

@@ -22,6 +22,10 @@ A task passes validation only when, all runs in the sandbox (`minicoder.sandbox.
      This is the cheap, honest form of "does the verifier look at the fix?": no coverage tracing,
      no extra run (it reuses check 4's runs), and the raising stub also exposes tests that only
      check "something raised".
+  6. security tasks (exploit tests in `metadata["security"]`, see tasks/security.py): the secure
+     gold passes every exploit test in each repeat, and the task's insecure functional fix passes
+     every functional test but fails at least one exploit test (the exploit tests have teeth);
+     otherwise the task is rejected with the reason.
 Checks 4-5 need at least one changed Python function (a patch that changes only module-level code
 or non-Python files is recorded as skipped). Runs from an earlier stage (the mutation or mining stage ran the same
 gold and empty patches) can be passed in as `prior` and count as repeats, so nothing runs twice.
@@ -36,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from minicoder.sandbox.security import exploit_tests
 from minicoder.tasks.patches import PatchError, apply_patch, base_files, make_diff, parse_patch
 from minicoder.tasks.runner import Run, run_tests
 from minicoder.tasks.schema import Task
@@ -276,6 +281,12 @@ def validate_task(task: Task, backend: Any = "local", repeats: int = 2, check_ex
                 f2p.remove(t)
                 v.dropped[t] = "does not exercise the changed code (passes under every stub)"
             v.checks["exercised"] = "yes" if not unexercised else f"{len(unexercised)} FAIL_TO_PASS test(s) dropped"
+    if exploit_tests(task):  # security tasks: the insecure-fix check (tasks/security.py)
+        from minicoder.tasks.security import check_insecure_fix
+
+        why = check_insecure_fix(task, run, sorted(f2p + p2p), repeats, v.checks)
+        if why:
+            return reject(why)
     out = copy.deepcopy(task)
     out.FAIL_TO_PASS, out.PASS_TO_PASS = sorted(f2p), sorted(p2p)
     out.metadata["validation"] = {"repeats": repeats, "flaky": len(v.flaky), "dropped": len(v.dropped),
