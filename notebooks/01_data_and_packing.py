@@ -28,15 +28,15 @@
 # one piece to check it.
 
 # %%
-import os, sys, platform, time, math
+import os, platform, time
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 import ipywidgets as widgets
 import tokenizers, minicoder
 from minicoder.data.corpus import iter_corpus, load_corpus, CorpusStats
-from minicoder.data.tokenizer import train_tokenizer, SPECIAL_TOKENS
-from minicoder.data.packing import (best_fit_pack, pack, pack_bfd, concat_pack, pad_pack,
+from minicoder.data.tokenizer import train_tokenizer
+from minicoder.data.packing import (pack_bfd, concat_pack, pad_pack,
                                     packed_batch, IGNORE_INDEX)
 
 CI = os.environ.get("MINICODER_CI") == "1"   # the test suite sets this; nothing below shrinks much
@@ -187,7 +187,7 @@ def strip_picture(packings, L, n_rows=10):
     fig = make_subplots(rows=1, cols=len(packings), subplot_titles=list(packings), shared_yaxes=True,
                         horizontal_spacing=0.03)
     palette = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d"]
-    for col, (name, p) in enumerate(packings.items(), start=1):
+    for col, p in enumerate(packings.values(), start=1):
         for r, row in enumerate(p.bins()[:n_rows]):
             x0 = 0
             for d, s, e in row:

@@ -38,11 +38,9 @@ import torch
 import torch.nn.functional as F
 import plotly
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 import minicoder
 from minicoder.ops.gated_delta import (
-    available_kernels, chunk_gated_delta_rule, fused_recurrent_gated_delta_rule,
-    gated_delta_rule_step, naive_recurrent_gated_delta_rule, resolve_kernel,
+    available_kernels, chunk_gated_delta_rule, gated_delta_rule_step, naive_recurrent_gated_delta_rule, resolve_kernel,
 )
 
 CI = os.environ.get("MINICODER_CI") == "1"   # the test suite sets this: the timing sweep stops earlier

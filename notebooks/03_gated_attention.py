@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 import plotly
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 import minicoder
 from minicoder.config import ModelConfig
 from minicoder.model.attention import GatedAttention

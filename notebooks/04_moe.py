@@ -31,7 +31,7 @@
 # Everything is `minicoder.model.moe` and `minicoder.ops.moe`; the notebook re-derives, checks and plots.
 
 # %%
-import os, math, platform, time
+import os, platform, time
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -41,7 +41,7 @@ import plotly.graph_objects as go
 import transformers
 import minicoder
 from minicoder.config import ModelConfig, default_layer_types
-from minicoder.model import HybridLM, HybridCache, generate, load_pretrained, save_pretrained
+from minicoder.model import HybridCache, generate, load_pretrained, save_pretrained
 from minicoder.model.accounting import count_parameters, flops_per_token
 from minicoder.model.cache import cache_bytes_per_token
 from minicoder.data.corpus import iter_corpus

@@ -30,7 +30,7 @@
 # Under `MINICODER_CI=1` (the tests) each training run is capped at about a minute.
 
 # %%
-import os, time, math, platform, json
+import os, time, math, platform
 from pathlib import Path
 import numpy as np
 import torch
@@ -41,9 +41,9 @@ import minicoder
 from minicoder.data.corpus import iter_corpus
 from minicoder.data.tokenizer import train_tokenizer
 from minicoder.model import generate
-from minicoder.train import (PackedDataset, TrainConfig, Trainer, WarmupCosine, build_model, corpus_dataset,
+from minicoder.train import (TrainConfig, Trainer, WarmupCosine, build_model, corpus_dataset,
                              target_entropy, trajectory_dataset, unigram_entropy)
-from minicoder.train.metrics import plot_metrics, plot_expert_load, read_metrics
+from minicoder.train.metrics import plot_metrics, plot_expert_load
 from minicoder.train import chat, checkpoint as ckpt
 from minicoder.train.trajectories import AGENT_TOOLS, build_trajectories
 

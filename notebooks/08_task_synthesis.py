@@ -35,7 +35,7 @@
 # %%
 import os, subprocess, sys, tempfile, json
 from pathlib import Path
-import minicoder, plotly
+import plotly
 import plotly.graph_objects as go
 from minicoder.tasks import mine_git, mutate, validate, qa, pipeline
 from minicoder.tasks.patches import make_diff

@@ -35,7 +35,7 @@
 # 5. latency per backend, plotted.
 
 # %%
-import platform, sys, time
+import platform, time
 import plotly.graph_objects as go
 import minicoder
 from minicoder.sandbox import evaluate, run_tests, Limits
