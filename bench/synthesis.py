@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from minicoder.record import Task, read_tasks  # noqa: E402
 from minicoder.tasks.pipeline import machine_info, synth_mutate, validate_file  # noqa: E402
-from minicoder.tasks.schema import Task, read_tasks  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "synthesis.json"
 WORK = ROOT / "bench" / "results" / "tmp" / "synthesis"

@@ -83,9 +83,9 @@ def stage_tasks(out: Path, args: argparse.Namespace) -> None:
 
 
 def stage_rewards(out: Path, args: argparse.Namespace) -> None:
+    from minicoder.record import read_tasks
     from minicoder.sandbox import evaluate
     from minicoder.sandbox.examples import demo_task, hostile_patches
-    from minicoder.tasks.schema import read_tasks
 
     tasks_file = out / "tasks.jsonl"
     task = read_tasks(tasks_file)[0] if tasks_file.exists() and tasks_file.stat().st_size else demo_task()

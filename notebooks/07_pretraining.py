@@ -183,8 +183,8 @@ print("BEFORE:\n" + before + "\n\nAFTER:\n" + after)
 # missing, three HumanEval-style tasks are made here by breaking a function.
 
 # %%
-from minicoder.tasks.schema import Environment, Task, read_tasks
-from minicoder.tasks.patches import make_diff
+from minicoder.record import Environment, Task, read_tasks
+from minicoder.gitdiff import file_diff
 
 seed_path = Path("../data/tasks/seed_tasks.jsonl")
 if seed_path.exists():
@@ -194,8 +194,8 @@ else:
         src = f"def {name}(a, b):\n    return {bad}\n"
         fix = f"def {name}(a, b):\n    return {good}\n"
         t = f"from mod_{i} import {name}\n\n\ndef test_{name}():\n    {test}\n"
-        return Task(instance_id=f"local_{i}", repo="minicoder/local", base_commit="", patch=make_diff(f"mod_{i}.py", src, fix),
-                    test_patch=make_diff(f"test_mod_{i}.py", None, t), problem_statement=f"{name}() returns the wrong value.",
+        return Task(instance_id=f"local_{i}", repo="minicoder/local", base_commit="", patch=file_diff(f"mod_{i}.py", src, fix),
+                    test_patch=file_diff(f"test_mod_{i}.py", None, t), problem_statement=f"{name}() returns the wrong value.",
                     FAIL_TO_PASS=[f"test_mod_{i}.py::test_{name}"], PASS_TO_PASS=[], environment=Environment(files={f"mod_{i}.py": src}))
     tasks = [mk(0, "add", "a + b", "a - b", "assert add(2, 3) == 5"),
              mk(1, "maximum", "a if a > b else b", "a if a < b else b", "assert maximum(2, 7) == 7"),

@@ -38,8 +38,8 @@ from pathlib import Path
 import plotly
 import plotly.graph_objects as go
 from minicoder.tasks import mine_git, mutate, validate, qa, pipeline
-from minicoder.tasks.patches import make_diff
-from minicoder.tasks.schema import read_tasks
+from minicoder.gitdiff import file_diff
+from minicoder.record import read_tasks
 from minicoder.sandbox.reward import evaluate
 print("python", sys.version.split()[0], "| plotly", plotly.__version__)
 CI = os.environ.get("MINICODER_CI") == "1"   # in CI: the smallest sizes that still show everything
@@ -138,7 +138,7 @@ end = sum(map(len, lines[:cmp.end_lineno - 1])) + cmp.end_col_offset
 cmp.ops[0] = ast.GtE()
 by_hand = src[:start] + ast.unparse(cmp) + src[end:]
 assert by_hand in {m.apply(src) for m in ms if m.operator == "flip_compare"}
-print(make_diff("m.py", src, by_hand))
+print(file_diff("m.py", src, by_hand))
 
 # %% [markdown]
 # ### HumanEval as a source of subjects
@@ -229,11 +229,11 @@ if bench.exists():
 # and rejects the task when any stub earns the full reward.
 
 # %%
-from minicoder.tasks.schema import Environment, Task
+from minicoder.record import Environment, Task
 buggy = 'def is_even(n: int) -> bool:\n    return n % 2 == 1\n'
 weak = Task(instance_id="planted_weak_verifier", repo="demo/parity", base_commit="",
-            patch=make_diff("parity.py", buggy, buggy.replace("== 1", "== 0")),
-            test_patch=make_diff("test_parity.py", None,
+            patch=file_diff("parity.py", buggy, buggy.replace("== 1", "== 0")),
+            test_patch=file_diff("test_parity.py", None,
                                  "from parity import is_even\n\n\ndef test_three():\n    assert is_even(3) == False\n"
                                  "\n\ndef test_seven():\n    assert not is_even(7)\n"),
             problem_statement="is_even returns True for odd numbers.",

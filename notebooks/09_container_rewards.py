@@ -40,7 +40,7 @@ import plotly.graph_objects as go
 import minicoder
 from minicoder.sandbox import evaluate, run_tests, Limits
 from minicoder.sandbox.examples import demo_task, hostile_patches, BASE_FILES, OPS
-from minicoder.sandbox.patching import make_diff
+from minicoder.gitdiff import make_diff
 print(f"python {platform.python_version()}, minicoder {minicoder.__version__}")
 
 # %% [markdown]
@@ -71,7 +71,7 @@ from minicoder.sandbox.base import SandboxError
 BACKENDS = ["local"]
 try:
     from minicoder.sandbox.docker import client
-    from minicoder.tasks.schema import DEFAULT_IMAGE
+    from minicoder.record import DEFAULT_IMAGE
     client().images.get(DEFAULT_IMAGE)  # an engine that answers *and* has the base task image
     BACKENDS.append("docker")
 except SandboxError as e:

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minicoder.gitdiff import git_argv, git_env, run_git
+
 SOURCES = ("stdlib", "git", "humaneval")
 
 # Extension -> language. Files with other extensions get "other" (or are skipped when the caller
@@ -201,7 +203,7 @@ def stdlib_documents(
 
 def _git(repo: Path, *args: str) -> bytes:
     try:
-        r = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False)
+        r = run_git(repo, *args)
     except FileNotFoundError as e:
         raise RuntimeError("git is not installed; it is needed to read a repository corpus") from e
     if r.returncode != 0:
@@ -240,7 +242,7 @@ def git_documents(
     st = stats if stats is not None else CorpusStats()
 
     def raw() -> Iterator[tuple[str, bytes | None, int]]:
-        proc = subprocess.Popen(["git", "-C", str(root), "cat-file", "--batch"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen(git_argv("cat-file", "--batch"), cwd=root, env=git_env(), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE)
         assert proc.stdin is not None and proc.stdout is not None
         try:

@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
 
 
 def read_predictions(path: str) -> dict[str, str]:
-    from minicoder.cli import UserError
+    from minicoder.errors import UserError
 
     preds: dict[str, str] = {}
     p = Path(path)
@@ -109,10 +109,10 @@ def summary_table(rows: list[dict]) -> str:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from minicoder.cli import UserError
+    from minicoder.errors import UserError
+    from minicoder.record import TaskFormatError, read_tasks
     from minicoder.sandbox.base import Limits, SandboxError
     from minicoder.sandbox.reward import evaluate
-    from minicoder.tasks.schema import TaskFormatError, read_tasks
 
     if args.workers < 1:
         raise UserError("--workers must be at least 1")

@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from minicoder.cli import UserError
+from minicoder.errors import UserError
 
 
 def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
@@ -168,8 +168,8 @@ def _synth_mutate(args) -> int:
 
 
 def _validate(args) -> int:
+    from minicoder.record import TaskFormatError, read_tasks
     from minicoder.tasks.pipeline import validate_file
-    from minicoder.tasks.schema import TaskFormatError, read_tasks
 
     _check_common(args)
     try:

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minicoder.tasks.patches import diff_snapshots, make_diff
+from minicoder.gitdiff import diff_snapshots
+from minicoder.record import DEFAULT_IMAGE, Environment, Task
 from minicoder.tasks.runner import run_tests
-from minicoder.tasks.schema import DEFAULT_IMAGE, Environment, Task
 
 OPERATORS = ("flip_compare", "off_by_one", "swap_args", "drop_statement", "change_constant",
              "invert_condition", "wrong_operator")
@@ -461,8 +461,8 @@ def repo_subject(root: str | Path, name: str | None = None, is_test: Callable[[s
     Source files (non-test `.py` files outside docs/, setup.py and conftest.py) may be mutated;
     test files are hidden in the test_patch.
     """
+    from minicoder.gitdiff import snapshot_files
     from minicoder.tasks.mine_git import LANGUAGES
-    from minicoder.tasks.schema import snapshot_files
 
     root = Path(root)
     if not root.is_dir():
@@ -623,4 +623,4 @@ def mutation_summary(task: Task) -> str:
 
 __all__ = ["OPERATORS", "Mutation", "MutationError", "Subject", "Outcome", "find_mutations", "apply_mutations",
            "sample_mutations", "humaneval_problems", "humaneval_tests", "humaneval_subject", "repo_subject",
-           "candidates", "combinations", "baseline", "build_candidate", "problem_statement", "make_diff"]
+           "candidates", "combinations", "baseline", "build_candidate", "problem_statement"]

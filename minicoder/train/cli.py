@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _err(msg: str):
-    from minicoder.cli import UserError
+    from minicoder.errors import UserError
 
     return UserError(msg)
 
@@ -109,7 +109,7 @@ def _dataset(args, tok):
     data = args.data
     max_files = args.max_files or None
     if data.startswith("tasks:") or data.endswith(".jsonl"):
-        from minicoder.tasks.schema import TaskFormatError, read_tasks
+        from minicoder.record import TaskFormatError, read_tasks
         from minicoder.train.trajectories import build_trajectories
 
         path = data.split(":", 1)[1] if data.startswith("tasks:") else data

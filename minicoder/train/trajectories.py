@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from minicoder.tasks.schema import Task, materialize_repo
+from minicoder.gitdiff import materialize_repo, run_git
+from minicoder.record import Task
 
 AGENT_TOOLS: list[dict[str, Any]] = [
     {"name": "read_file", "description": "Print a file of the repository.",
@@ -82,8 +83,7 @@ def _tail(text: str, n: int) -> str:
 def _git_apply(repo: Path, patch: str, what: str) -> None:
     if not patch.strip():
         return
-    proc = subprocess.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=repo, input=patch.encode(),
-                          capture_output=True)
+    proc = run_git(repo, "apply", "--whitespace=nowarn", "-", stdin=patch.encode())
     if proc.returncode != 0:
         raise TrajectoryError(f"{what} does not apply: {proc.stderr.decode(errors='replace').strip()[:200]}")
 
@@ -188,7 +188,7 @@ def trajectory_from_task(task: Task, runner: str | TestRunner = "auto", max_obs_
         raise TrajectoryError(f"{task.instance_id}: the gold patch modifies no file")
     files = task.environment.files
     if files is None:
-        from minicoder.tasks.patches import base_files
+        from minicoder.gitdiff import base_files
 
         files = base_files(task)
     path = paths[0]
