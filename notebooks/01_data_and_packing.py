@@ -92,8 +92,10 @@ print(len(snippet.encode()), "bytes ->", len(ids), "tokens:")
 print([tok.hf.id_to_token(i) for i in ids])
 assert tok.decode(ids) == snippet
 print("special tokens:", tok.special_ids)
-chat = tok.chat([{"role": "user", "content": "run the tests"},
-                 {"role": "assistant", "content": "<tool_call>pytest -q</tool_call>"}])
+from minicoder.agent.chat import render_chat  # the chat template lives with the agent (notebook 07)
+
+chat = render_chat([{"role": "user", "content": "run the tests"},
+                    {"role": "assistant", "content": "<tool_call>pytest -q</tool_call>"}])
 print(repr(chat), "->", tok.encode(chat, allow_special=True)[:8], "...")
 
 # %% [markdown]

@@ -44,8 +44,10 @@ from minicoder.model import generate
 from minicoder.train import (TrainConfig, Trainer, WarmupCosine, build_model, corpus_dataset,
                              target_entropy, trajectory_dataset, unigram_entropy)
 from minicoder.train.metrics import plot_metrics, plot_expert_load
-from minicoder.train import chat, checkpoint as ckpt
-from minicoder.train.trajectories import AGENT_TOOLS, build_trajectories
+from minicoder.agent import chat
+from minicoder.agent.chat import AGENT_TOOLS
+from minicoder.train import checkpoint as ckpt
+from minicoder.train.trajectories import build_trajectories
 
 CI = os.environ.get("MINICODER_CI") == "1"
 PRETRAIN_SECONDS = 45 if CI else 600

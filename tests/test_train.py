@@ -98,14 +98,14 @@ def test_no_loss_across_document_boundaries_or_on_padding():
 
 
 def test_mid_training_loss_only_on_assistant_tokens():
+    from minicoder.agent.chat import encode_chat
     from minicoder.data.tokenizer import train_tokenizer
-    from minicoder.train.chat import encode_chat
 
     convs = [[{"role": "user", "content": f"question {i}"},
               {"role": "assistant", "content": f"answer {i}", "tool_calls": [{"name": "run", "arguments": {"x": i}}]},
               {"role": "tool", "content": "ok " * i},
               {"role": "assistant", "content": f"done {i}"}] for i in range(6)]
-    from minicoder.train.chat import render_chat
+    from minicoder.agent.chat import render_chat
 
     tok = train_tokenizer([render_chat(c) for c in convs] * 3, vocab_size=300)
     enc = [encode_chat(c, tok) for c in convs]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from minicoder.agent.chat import AGENT_TOOLS, chat_segments, parse_assistant
 from minicoder.gitdiff import file_diff
 from minicoder.record import Environment, Task
-from minicoder.train.chat import chat_segments, parse_assistant
 from minicoder.train.trajectories import (
-    AGENT_TOOLS,
     TrajectoryError,
     build_trajectories,
     patched_paths,

@@ -158,18 +158,6 @@ class CodeTokenizer:
         flat = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
         return Ragged(flat, offsets)
 
-    # ---- chat format (Qwen's ChatML)
-    def chat(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-        """Render messages ({"role", "content"}) in ChatML: ``<|im_start|>role\\ncontent<|im_end|>\\n``."""
-        out = []
-        for m in messages:
-            if "role" not in m or "content" not in m:
-                raise ValueError(f"a chat message needs 'role' and 'content', got keys {sorted(m)}")
-            out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
-        if add_generation_prompt:
-            out.append("<|im_start|>assistant\n")
-        return "".join(out)
-
     # ---- persistence
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` (a file path, or a folder to put it in) and, in a folder,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 
@@ -210,11 +209,3 @@ def run(args: argparse.Namespace) -> int:
         torch.distributed.destroy_process_group()
     return 0
 
-
-if __name__ == "__main__":  # torchrun -m minicoder.train.cli ...
-    import sys
-
-    from minicoder.cli import main
-
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,6 +1,6 @@
 """Agent trajectories for mid-training, built from synthesized tasks and their gold patches.
 
-Each task becomes one short, successful agent episode in the Qwen3-Coder chat format (`chat.py`),
+Each task becomes one short, successful agent episode in the Qwen3-Coder chat format (`minicoder.agent.chat`),
 using the tool set `AGENT_TOOLS` (read_file, run_tests, apply_patch, submit):
 
     system  (tools)          user: the problem statement
@@ -34,25 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from minicoder.agent.chat import AGENT_TOOLS, encode_chat
 from minicoder.gitdiff import materialize_repo, run_git
 from minicoder.record import Task
-
-AGENT_TOOLS: list[dict[str, Any]] = [
-    {"name": "read_file", "description": "Print a file of the repository.",
-     "parameters": {"type": "object", "properties": {
-         "path": {"type": "string", "description": "path relative to the repository root"}},
-         "required": ["path"]}},
-    {"name": "run_tests", "description": "Run the repository's tests and print the runner's output.",
-     "parameters": {"type": "object", "properties": {
-         "tests": {"type": "string", "description": "optional test ids, space-separated (default: the task's tests)"}},
-         "required": []}},
-    {"name": "apply_patch", "description": "Apply a unified diff to the repository.",
-     "parameters": {"type": "object", "properties": {
-         "patch": {"type": "string", "description": "the unified diff (git format)"}},
-         "required": ["patch"]}},
-    {"name": "submit", "description": "Finish: the current state of the repository is the answer.",
-     "parameters": {"type": "object", "properties": {}, "required": []}},
-]
 
 #: (task, with_fix) -> (observation text, tests passed)
 TestRunner = Callable[[Task, bool], tuple[str, bool]]
@@ -243,7 +227,6 @@ def build_trajectories(tasks: Iterable[Task], runner: str | TestRunner = "auto",
 
 def encode_trajectories(trajs: Sequence[Trajectory], tokenizer) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids and assistant-only loss masks of each trajectory (see `chat.encode_chat`)."""
-    from minicoder.train.chat import encode_chat
 
     ids, masks = [], []
     for t in trajs:
