@@ -34,7 +34,7 @@ test: setup
 
 docker: setup
 	@bash envs/docker_engine.sh
-	$(PY) -m minicoder.sandbox.images base
+	$(VENV)/bin/minicoder images base
 
 docker-image: docker
 

@@ -50,12 +50,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from minicoder.gitdiff import patch_files
-from minicoder.record import Task
+from minicoder.record import PASSING, Task
 from minicoder.sandbox.base import REPORT_DIR, ExecResult, Limits, Sandbox, SandboxError
 from minicoder.sandbox.junit import ReportError, parse_junit
 from minicoder.sandbox.patching import decode_patch, protect
-
-PASSING = ("passed", "xfailed")  # SWE-bench counts an expected failure as passing
 
 RUNNER = r"""
 import os, sys, importlib

@@ -19,18 +19,19 @@ import tempfile
 from pathlib import Path
 
 from minicoder.errors import UserError
+from minicoder.sandbox.cli import add_backend_argument
 
 
 def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("--out", required=out_required, help="output JSONL of tasks (ledger and report go next to it)")
-    p.add_argument("--backend", choices=("local", "docker"), default="local", help="sandbox backend (default local)")
+    add_backend_argument(p)
     p.add_argument("--workers", type=int, default=2, help="parallel sandbox runs (default 2)")
     p.add_argument("--repeats", type=int, default=2, help="runs of the gold and empty patch in validation (default 2)")
     p.add_argument("--no-exploit-checks", action="store_true", help="skip the trivial-patch and stub checks")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_parser(subparsers) -> None:
+def add_synth_parser(subparsers) -> None:
     p = subparsers.add_parser("synth", help="synthesise verifiable tasks (from git history or by bug injection)",
                               description="Synthesise verifiable SWE tasks; see minicoder/tasks/.")
     sub = p.add_subparsers(dest="synth_command", metavar="SOURCE", required=True)

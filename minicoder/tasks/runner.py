@@ -13,12 +13,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-BACKENDS = ("local", "docker")
+from minicoder.record import PASSING
 
 
 class SandboxFailure(RuntimeError):
     """The sandbox itself failed (not the code under test): stop rather than record a wrong verdict."""
-PASSING = ("passed", "xfailed")
 
 
 @dataclass

@@ -282,10 +282,3 @@ def validate_task(task: Task, backend: Any = "local", repeats: int = 2, check_ex
                                   "checks": dict(v.checks)}
     v.ok, v.task, v.seconds = True, out, time.perf_counter() - t0
     return v
-
-
-def add_parser(subparsers) -> None:
-    """`minicoder validate` (the CLI lives in minicoder.tasks.cli)."""
-    from minicoder.tasks.cli import add_validate_parser
-
-    add_validate_parser(subparsers)
