@@ -52,7 +52,8 @@ def _section(summary, t_load0) -> dict:
 
 
 def step_humaneval(args) -> dict:
-    from minicoder.tasks.mutate import humaneval_problems, humaneval_subject
+    from minicoder.data.corpus import humaneval_problems
+    from minicoder.tasks.mutate import humaneval_subject
 
     subjects = [humaneval_subject(p) for p in humaneval_problems()]
     if args.limit:

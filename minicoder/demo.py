@@ -58,7 +58,8 @@ def stage_train(out: Path, args: argparse.Namespace) -> None:
 
 
 def stage_tasks(out: Path, args: argparse.Namespace) -> None:
-    from minicoder.tasks.mutate import humaneval_problems, humaneval_subject
+    from minicoder.data.corpus import humaneval_problems
+    from minicoder.tasks.mutate import humaneval_subject
     from minicoder.tasks.pipeline import synth_mutate
 
     subjects = [humaneval_subject(p) for p in humaneval_problems()[:6]]

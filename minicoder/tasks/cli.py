@@ -132,10 +132,10 @@ def unpack_source(source: str, cache: Path | None = None) -> Path:
 
 
 def _synth_mutate(args) -> int:
+    from minicoder.data.corpus import humaneval_problems
     from minicoder.tasks.mutate import (
         OPERATORS,
         MutationError,
-        humaneval_problems,
         humaneval_subject,
         repo_subject,
     )

