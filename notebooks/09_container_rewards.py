@@ -38,7 +38,7 @@
 import platform, time
 import plotly.graph_objects as go
 import minicoder
-from minicoder.sandbox import evaluate, run_tests, Limits
+from minicoder.sandbox import evaluate, run_tests, Limits, Status
 from minicoder.sandbox.examples import demo_task, hostile_patches, BASE_FILES, OPS
 from minicoder.gitdiff import make_diff
 print(f"python {platform.python_version()}, minicoder {minicoder.__version__}")
@@ -152,7 +152,7 @@ def my_reward(task, outcomes, trusted):
 
 for name, patch in (("gold", task.patch), ("wrong (rounds)", wrong)):
     tr = run_tests(task, patch, task.FAIL_TO_PASS + task.PASS_TO_PASS, backend=BACKEND)
-    mine = my_reward(task, tr.outcomes, tr.status == "ok")
+    mine = my_reward(task, tr.outcomes, tr.status == Status.OK)
     assert mine == results[name].reward
     print(f"{name:<15} rule re-derived: {mine} == library: {results[name].reward}")
 

@@ -134,9 +134,11 @@ def _repair_tail(path: str) -> None:
 
 
 def summary_table(rows: list[dict]) -> str:
+    from minicoder.sandbox.status import Status
+
     if not rows:
         return "no results"
-    counts = Counter(r["status"] for r in rows)
+    counts = Counter(Status(r["status"]) for r in rows)
     n = len(rows)
     resolved = sum(r["reward"] == 1.0 for r in rows)
     durs = sorted(r["duration_s"] for r in rows)

@@ -37,6 +37,7 @@ from typing import Any
 
 from minicoder.gitdiff import diff_snapshots
 from minicoder.record import DEFAULT_IMAGE, Environment, Task
+from minicoder.sandbox.status import Status
 from minicoder.tasks.runner import run_tests
 
 OPERATORS = ("flip_compare", "off_by_one", "swap_args", "drop_statement", "change_constant",
@@ -560,7 +561,7 @@ def build_candidate(subject: Subject, instance_id: str, mutations: list[Mutation
     probe = subject.task(instance_id, buggy, ["probe"], [], "probe", meta)
     before = run_tests(probe, "", backend=backend)
     runs["empty"] = [before]
-    if before.status in ("timeout", "oom", "disk_limit"):
+    if Status(before.status).is_limit:
         return done(False, f"mutant hangs or exhausts resources ({before.status})")
     broken = before.not_passed(passing)
     if not broken:
