@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from minicoder.data.packing.batch import Ragged
+
 # Qwen2 / Qwen3 pre-tokenisation regex (as in their tokenizer.json "Split" pre-tokenizer).
 QWEN_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -124,8 +126,6 @@ class CodeTokenizer:
                          progress: bool = False):
         """Tokenize documents into a ``Ragged`` array (flat ids + offsets), each ending with
         ``<|endoftext|>`` when ``append_eos`` (so the model learns where documents end)."""
-        from .packing import Ragged
-
         chunks: list[np.ndarray] = []
         lengths: list[int] = []
         batch: list[str] = []
