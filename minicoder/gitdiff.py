@@ -16,7 +16,7 @@ they live here, below both the sandbox and task synthesis:
   - `apply_to_snapshot(files, patch)`: a diff applied to an inline snapshot {path: text} by
     `git apply` in a scratch folder (only files are written; nothing runs);
   - workspaces: `materialize_repo(task, dest)` (a fresh single-commit repository at the task's base
-    commit: no remotes, no future history), `snapshot_files`, `base_files(task)`, `copy_tree`.
+    commit: no remotes, no future history), `snapshot_files`, `base_files(task)`.
 
 Applying a *candidate's* patch to a sandbox workspace, and putting the hidden tests back beyond its
 reach, is the sandbox's job (`minicoder.sandbox.patching`), built on `run_git` from here.
@@ -27,7 +27,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable
@@ -301,8 +300,3 @@ def base_files(task: Task) -> dict[str, str]:
     with tempfile.TemporaryDirectory(prefix="minicoder-base-") as tmp:
         materialize_repo(task, Path(tmp) / "repo")
         return snapshot_files(Path(tmp) / "repo")
-
-
-def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Copy a workspace (including .git) to a fresh location."""
-    shutil.copytree(src, dst, symlinks=True)

@@ -223,16 +223,6 @@ def write_tasks(path: str | os.PathLike, tasks: Iterable[Task]) -> int:
     return n
 
 
-def append_task(path: str | os.PathLike, task: Task) -> None:
-    """Append one task to a JSONL file, flushed to disk (for resumable pipelines)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(task.to_dict(), ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def to_hf_dataset(tasks: Iterable[Task]):
     """An HF `datasets.Dataset`, nested fields stored as JSON strings (as SWE-bench does)."""
     import datasets
