@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minicoder.tasks.patches import diff_snapshots
-from minicoder.tasks.schema import Environment, Task
+from minicoder.gitdiff import diff_snapshots
+from minicoder.record import Environment, Task
 
 # HumanEval problems used as surrounding code: self-contained (imports from typing/math only),
 # names that clash with no template
@@ -119,7 +119,7 @@ def subst(text: str, values: dict[str, str]) -> str:
 
 @functools.cache
 def _humaneval() -> dict[int, dict[str, str]]:
-    from minicoder.tasks.mutate import humaneval_problems
+    from minicoder.data.corpus import humaneval_problems
 
     return {int(p["task_id"].split("/")[1]): p for p in humaneval_problems()}
 
@@ -172,6 +172,7 @@ class Rendered:
     task: Task
     vclass: str
     template: str
+    versions: dict[str, dict[str, str]] = field(default_factory=dict)  # base / secure / insecure / tests files
 
 
 def render(vc: VulnClass, tpl: Template, domain: dict[str, str], seed: int = 0) -> Rendered:
@@ -236,7 +237,9 @@ def render(vc: VulnClass, tpl: Template, domain: dict[str, str], seed: int = 0) 
             "class": vc.key, "cwe": vc.cwe, "template": tpl.key, "exploit_tests": exploit_ids,
             "insecure_patch": diff_snapshots(files, {**files, f"{pkg}/{mod}.py": insecure}),
             "hint": hint, "hinted": False, "humaneval": sorted(set(picked) | _real_code(tpl)), "seed": seed}})
-    return Rendered(task=task, vclass=vc.key, template=tpl.key)
+    versions = {"base": files, "secure": {**files, f"{pkg}/{mod}.py": secure},
+                "insecure": {**files, f"{pkg}/{mod}.py": insecure}, "tests": {test_file: functional, exploit_file: exploit}}
+    return Rendered(task=task, vclass=vc.key, template=tpl.key, versions=versions)
 
 
 def _real_code(tpl: Template) -> set[int]:
@@ -313,9 +316,9 @@ def synth_security(out: str | Path, *, per_class: int = 24, seed: int = 0, only:
     """
     import json
 
+    from minicoder.record import write_tasks
     from minicoder.tasks.pipeline import Ledger, _progress, _run_units, machine_info, reason_key, record
     from minicoder.tasks.qa import run_qa
-    from minicoder.tasks.schema import write_tasks
     from minicoder.tasks.validate import validate_task
 
     out = Path(out)
@@ -407,7 +410,7 @@ def add_security_parser(sub) -> None:
 
 
 def _cli(args) -> int:
-    from minicoder.cli import UserError
+    from minicoder.errors import UserError
     from minicoder.tasks.runner import SandboxFailure
 
     if args.per_class < 1 or args.workers < 1 or args.repeats < 1:

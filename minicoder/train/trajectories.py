@@ -1,6 +1,6 @@
 """Agent trajectories for mid-training, built from synthesized tasks and their gold patches.
 
-Each task becomes one short, successful agent episode in the Qwen3-Coder chat format (`chat.py`),
+Each task becomes one short, successful agent episode in the Qwen3-Coder chat format (`minicoder.agent.chat`),
 using the tool set `AGENT_TOOLS` (read_file, run_tests, apply_patch, submit):
 
     system  (tools)          user: the problem statement
@@ -34,24 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from minicoder.tasks.schema import Task, materialize_repo
-
-AGENT_TOOLS: list[dict[str, Any]] = [
-    {"name": "read_file", "description": "Print a file of the repository.",
-     "parameters": {"type": "object", "properties": {
-         "path": {"type": "string", "description": "path relative to the repository root"}},
-         "required": ["path"]}},
-    {"name": "run_tests", "description": "Run the repository's tests and print the runner's output.",
-     "parameters": {"type": "object", "properties": {
-         "tests": {"type": "string", "description": "optional test ids, space-separated (default: the task's tests)"}},
-         "required": []}},
-    {"name": "apply_patch", "description": "Apply a unified diff to the repository.",
-     "parameters": {"type": "object", "properties": {
-         "patch": {"type": "string", "description": "the unified diff (git format)"}},
-         "required": ["patch"]}},
-    {"name": "submit", "description": "Finish: the current state of the repository is the answer.",
-     "parameters": {"type": "object", "properties": {}, "required": []}},
-]
+from minicoder.agent.chat import AGENT_TOOLS, encode_chat
+from minicoder.gitdiff import materialize_repo, run_git
+from minicoder.record import Task
 
 #: (task, with_fix) -> (observation text, tests passed)
 TestRunner = Callable[[Task, bool], tuple[str, bool]]
@@ -82,8 +67,7 @@ def _tail(text: str, n: int) -> str:
 def _git_apply(repo: Path, patch: str, what: str) -> None:
     if not patch.strip():
         return
-    proc = subprocess.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=repo, input=patch.encode(),
-                          capture_output=True)
+    proc = run_git(repo, "apply", "--whitespace=nowarn", "-", stdin=patch.encode())
     if proc.returncode != 0:
         raise TrajectoryError(f"{what} does not apply: {proc.stderr.decode(errors='replace').strip()[:200]}")
 
@@ -188,7 +172,7 @@ def trajectory_from_task(task: Task, runner: str | TestRunner = "auto", max_obs_
         raise TrajectoryError(f"{task.instance_id}: the gold patch modifies no file")
     files = task.environment.files
     if files is None:
-        from minicoder.tasks.patches import base_files
+        from minicoder.gitdiff import base_files
 
         files = base_files(task)
     path = paths[0]
@@ -243,7 +227,6 @@ def build_trajectories(tasks: Iterable[Task], runner: str | TestRunner = "auto",
 
 def encode_trajectories(trajs: Sequence[Trajectory], tokenizer) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids and assistant-only loss masks of each trajectory (see `chat.encode_chat`)."""
-    from minicoder.train.chat import encode_chat
 
     ids, masks = [], []
     for t in trajs:
