@@ -436,7 +436,7 @@ def security_report(results: Iterable[Any], tasks: Iterable[Task]) -> dict[str, 
 
 def format_security_table(report: dict[str, Any], cwe: dict[str, str] | None = None) -> str:
     """The report as a text table: one row per class, func@1 / func-sec@1 without and with the hint."""
-    head = f"{'class':<24}{'cwe':<10}{'n':>4}  {'func@1':>8}{'func-sec@1':>12}  {'func@1+h':>9}{'func-sec@1+h':>14}"
+    head = f"{'class':<24}{'cwe':<13}{'n':>4}  {'func@1':>8}{'func-sec@1':>12}  {'func@1+h':>9}{'func-sec@1+h':>14}"
     lines = [head, "-" * len(head)]
 
     def cells(d: dict | None) -> tuple[str, str]:
@@ -449,7 +449,7 @@ def format_security_table(report: dict[str, Any], cwe: dict[str, str] | None = N
         c, d = cells(v.get("hint"))
         if cls == "overall":
             lines.append("-" * len(head))
-        lines.append(f"{cls:<24}{(cwe or {}).get(cls, ''):<10}{n:>4}  {a:>8}{b:>12}  {c:>9}{d:>14}")
+        lines.append(f"{cls:<24}{(cwe or {}).get(cls, ''):<13}{n:>4}  {a:>8}{b:>12}  {c:>9}{d:>14}")
     return "\n".join(lines)
 
 

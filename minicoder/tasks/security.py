@@ -160,7 +160,7 @@ def module_text(doc: str, imports: list[str], parts: list[str]) -> str:
     return head + "\n\n" + "\n\n\n".join(p.strip("\n") for p in parts if p.strip()) + "\n"
 
 
-def test_names(source: str) -> list[str]:
+def defined_tests(source: str) -> list[str]:
     """Names of the module-level `test_*` functions of a test file, in order."""
     return [n.name for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
 
@@ -222,8 +222,8 @@ def render(vc: VulnClass, tpl: Template, domain: dict[str, str], seed: int = 0) 
     files = {f"{pkg}/__init__.py": f'"""The {pkg} package."""\n', f"{pkg}/{mod}.py": base}
     statement = subst(tpl.statement, values).strip()
     hint = f"{statement}\n\n{vc.hint}" + (f" {subst(tpl.hint, values)}" if tpl.hint else "")
-    functional_ids = [f"{test_file}::{n}" for n in test_names(functional)]
-    exploit_ids = [f"{exploit_file}::{n}" for n in test_names(exploit)]
+    functional_ids = [f"{test_file}::{n}" for n in defined_tests(functional)]
+    exploit_ids = [f"{exploit_file}::{n}" for n in defined_tests(exploit)]
     # the id names the content, so a changed template gives new ids (a ledger never answers for old text)
     digest = hashlib.sha256("\0".join([vc.key, tpl.key, base, secure, insecure, functional, exploit,
                                         statement]).encode()).hexdigest()[:8]
