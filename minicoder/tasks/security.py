@@ -308,7 +308,7 @@ def check_insecure_fix(task: Task, run, functional: list[str], repeats: int, che
 
 def synth_security(out: str | Path, *, per_class: int = 24, seed: int = 0, only: list[str] | None = None,
                    backend: Any = "local", repeats: int = 2, workers: int = 2, progress: bool = True,
-                   command: str = "synth security") -> dict[str, Any]:
+                   exploit_checks: bool = True, command: str = "synth security") -> dict[str, Any]:
     """Render, validate (sandbox) and QA the security tasks; write `out`, `<out>.report.json`.
 
     Resumable: each candidate's verdict is a line of `<out>.ledger.jsonl` (see pipeline.Ledger).
@@ -332,7 +332,7 @@ def synth_security(out: str | Path, *, per_class: int = 24, seed: int = 0, only:
         if stop.is_set():
             return
         t1 = time.perf_counter()
-        v = validate_task(c.task, backend=backend, repeats=repeats)
+        v = validate_task(c.task, backend=backend, repeats=repeats, check_exploits=exploit_checks)
         extra = {"vclass": c.vclass, "template": c.template, "checks": v.checks, "flaky": len(v.flaky)}
         ledger.add(record(c.task.instance_id, kept=v.ok, stage="validate", reason=v.reason,
                           task=v.task if v.ok else None, operator=c.vclass, seconds=time.perf_counter() - t1,
@@ -405,6 +405,8 @@ def add_security_parser(sub) -> None:
     s.add_argument("--backend", choices=("local", "docker"), default="local")
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--repeats", type=int, default=2, help="runs of the gold / empty patch (default 2)")
+    s.add_argument("--no-exploit-checks", action="store_true",
+                   help="skip the generic trivial-patch / stub checks (the security checks always run)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cli)
 
@@ -419,12 +421,12 @@ def _cli(args) -> int:
     bad = sorted(set(only or []) - set(classes()))
     if bad:
         raise UserError(f"--classes: unknown {bad}; choose from {', '.join(sorted(classes()))}")
-    cmd = f"synth security --per-class {args.per_class} --seed {args.seed}" + (
-        f" --classes {args.classes}" if args.classes else "")
+    cmd = f"synth security --per-class {args.per_class} --seed {args.seed} --repeats {args.repeats}" + (
+        f" --classes {args.classes}" if args.classes else "") + (" --no-exploit-checks" if args.no_exploit_checks else "")
     try:
         rep = synth_security(args.out, per_class=args.per_class, seed=args.seed, only=only, backend=args.backend,
                              repeats=args.repeats, workers=args.workers, progress=not args.no_progress,
-                             command=cmd)
+                             exploit_checks=not args.no_exploit_checks, command=cmd)
     except SandboxFailure as e:
         raise UserError(f"the sandbox failed, stopping (rerun the same command to resume): {e}") from None
     print(report_table(rep))

@@ -154,7 +154,7 @@ HASH_STORE = Template(
     key="user_store",
     statement="""`__CLASS__.register(name, password)` in `__PATH__` silently replaces the password of an
 existing user: registering a name that is taken must raise ValueError. `login(name, password)` for
-an unknown name raises KeyError; it should return False. (`hashes` is what the app writes to its
+an unknown name raises KeyError; it should simply answer False. (`hashes` is what the app writes to its
 database, keyed by user name.)""",
     imports=("import hashlib",),
     base=_STORE + '''    def register(self, name, password) -> None:
