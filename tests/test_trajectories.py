@@ -53,7 +53,6 @@ def test_trajectory_shape_and_parseable_calls(runner):
 
 @pytest.mark.slow
 def test_sandbox_observations_are_real():
-    pytest.importorskip("minicoder.sandbox.reward")
     tr = trajectory_from_task(make_task(), runner="sandbox")
     assert tr.observed == "sandbox"
     assert "assert -1 == 5" in tr.messages[5]["content"]
@@ -76,3 +75,16 @@ def test_a_patch_that_does_not_fix_is_refused():
 def test_unknown_runner_is_a_clear_error():
     with pytest.raises(TrajectoryError, match="unknown runner"):
         trajectory_from_task(make_task(), runner="magic")
+
+
+def test_no_silent_unisolated_fallback():
+    """Task code runs unisolated only when runner="local" is asked for by name; the default is the
+    sandbox, and the old "auto" (sandbox if importable, else local) is an error, not a fallback."""
+    import inspect
+
+    from minicoder.train.trajectories import resolve_runner, sandbox_runner
+
+    assert inspect.signature(trajectory_from_task).parameters["runner"].default == "sandbox"
+    assert resolve_runner("sandbox").__qualname__ == sandbox_runner().__qualname__
+    with pytest.raises(TrajectoryError, match="unknown runner 'auto'"):
+        resolve_runner("auto")

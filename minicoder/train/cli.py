@@ -39,8 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--max-files", type=int, default=300, help="corpus documents (default 300; 0 = all)")
     d.add_argument("--tokenizer", type=Path, help="tokenizer.json or folder (default: see above)")
     d.add_argument("--vocab-size", type=int, default=4096, help="vocabulary when a BPE is trained (default 4096)")
-    d.add_argument("--runner", default="auto", choices=("auto", "sandbox", "local", "formatted"),
-                   help="how trajectory test observations are produced (default auto: sandbox if available)")
+    d.add_argument("--runner", default="sandbox", choices=("sandbox", "local", "formatted"),
+                   help="how trajectory test observations are produced (default sandbox; local runs task code unisolated)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--rows", type=int, default=4, help="packed rows per micro-batch per process (default 4)")
     o.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (default 1)")
