@@ -54,7 +54,6 @@ def test_trajectory_shape_and_parseable_calls(runner):
 
 @pytest.mark.slow
 def test_sandbox_observations_are_real():
-    pytest.importorskip("minicoder.sandbox.reward")
     tr = trajectory_from_task(make_task(), runner="sandbox")
     assert tr.observed == "sandbox"
     assert "assert -1 == 5" in tr.messages[5]["content"]
