@@ -104,6 +104,31 @@ def test_sampling_is_reproducible_and_top_k_1_is_greedy(model):
     assert top1.tokens == greedy.tokens
 
 
+def test_top_p_sampling_never_leaves_the_nucleus():
+    """Sampled tokens, checked against the model's own next-token distribution (one full forward over
+    the finished sequences, float64): each lies in the top-p nucleus, the smallest set of the most
+    likely tokens whose mass reaches p. The distribution is flat enough that about half the mass lies
+    outside the nucleus at each step, so sampling that ignored top-p would leave it many times."""
+    torch.manual_seed(3)
+    flat = HybridLM(cfg_()).eval()  # not sharpened: many tokens share the mass
+    top_p, temperature = 0.5, 1.0
+    prompts = [[3, 17, 4, 9, 22], [1, 2, 3, 4, 5], [40, 30, 20, 10, 0]]
+    out = generate(flat, prompts, max_new_tokens=16, temperature=temperature, top_p=top_p,
+                   generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits = flat(out.sequences).logits.double()  # [B, 5 + 16, V]; position t predicts token t + 1
+    outside_mass, n_steps = 0.0, 0
+    for b, row in enumerate(out.tokens):
+        for j, tok in enumerate(row):
+            probs = torch.softmax(logits[b, 5 + j - 1] / temperature, -1)
+            before = (probs * (probs > probs[tok])).sum().item()  # mass of strictly more likely tokens
+            assert before < top_p + 1e-4, (b, j, tok, before)  # tok is inside the nucleus
+            order = probs.sort(descending=True).values
+            outside_mass += order[(order.cumsum(0) - order) >= top_p].sum().item()
+            n_steps += 1
+    assert n_steps == 3 * 16 and outside_mass > 0.3 * n_steps  # without the filter: ~20 draws outside
+
+
 def test_filters_known_answers():
     logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
     keep = lambda x: torch.isfinite(x)[0].tolist()
