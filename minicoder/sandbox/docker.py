@@ -19,7 +19,8 @@ sandbox is then spent). Output: the exec stream is drained on a thread that keep
 checked against the container's memory cgroup OOM counter (cgroup v1 or v2 on the host), falling
 back to "SIGKILL without timeout = OOM" where the counter is not readable.
 
-Leftovers: pools remove their containers at exit (atexit, so also after Ctrl-C). A process that
+Leftovers: pools remove their containers at exit (atexit, so also after Ctrl-C), including one the
+background filler is still creating (shutdown waits for it) and sandboxes never closed. A process that
 dies harder (SIGKILL, crash) leaves labelled containers whose owner is dead; `reap_dead_owners`
 removes them, and every new pool calls it first. `cleanup()` (the `minicoder cleanup` command)
 removes every container carrying the label.
@@ -109,9 +110,11 @@ def client():
         return _client
 
 
-def labelled_containers(cl=None, role: str | None = None) -> list:
+def labelled_containers(cl=None, role: str | None = None, labels: dict[str, str] | None = None) -> list:
+    """Containers labelled minicoder=1 (and `role`, and every extra label in `labels`)."""
     cl = cl or client()
-    filters = {"label": [f"{LABEL}=1"] + ([f"{ROLE_LABEL}={role}"] if role else [])}
+    extra = [f"{k}={v}" for k, v in (labels or {}).items()]
+    filters = {"label": [f"{LABEL}=1"] + ([f"{ROLE_LABEL}={role}"] if role else []) + extra}
     # List ids first, then inspect each: a container removed in between (by a pool's background
     # removal, or another process's cleanup) is skipped instead of failing the whole listing, as
     # the SDK's containers.list(all=True) does.
@@ -131,10 +134,10 @@ def _remove(container) -> None:
         container.remove(force=True)
 
 
-def reap_dead_owners(cl=None) -> int:
+def reap_dead_owners(cl=None, labels: dict[str, str] | None = None) -> int:
     """Remove labelled sandbox containers whose owning process is gone. Returns how many."""
     n = 0
-    for c in labelled_containers(cl, role="sandbox"):
+    for c in labelled_containers(cl, role="sandbox", labels=labels):
         tag = (c.labels or {}).get(OWNER_LABEL, "")
         if not owner_alive(tag):
             _remove(c)
@@ -142,11 +145,12 @@ def reap_dead_owners(cl=None) -> int:
     return n
 
 
-def cleanup(cl=None, dead_only: bool = False) -> int:
-    """Remove every container labelled minicoder=1 (or only those of dead owners). Returns how many."""
+def cleanup(cl=None, dead_only: bool = False, labels: dict[str, str] | None = None) -> int:
+    """Remove every container labelled minicoder=1 (or only those of dead owners; `labels`: only those
+    that also carry these labels, e.g. one test run's). Returns how many."""
     if dead_only:
-        return reap_dead_owners(cl)
-    cs = labelled_containers(cl)
+        return reap_dead_owners(cl, labels)
+    cs = labelled_containers(cl, labels=labels)
     for c in cs:
         _remove(c)
     return len(cs)
@@ -292,6 +296,10 @@ class ContainerPool:
             return
         self.stopped = True
         self.want.set()
+        # A container the filler is creating right now must be in `live` before we collect it (at
+        # interpreter exit a daemon thread is frozen mid-call, and the engine would keep that container).
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout=2 * 60)
         self.flush()
         with self.lock:
             slots = list(self.live.values())
