@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from minicoder.cli import main
+from minicoder.gitdiff import file_diff
+from minicoder.record import Environment, Task, write_tasks
 from minicoder.sandbox.examples import demo_task
 from minicoder.sandbox.reward import evaluate
-from minicoder.tasks.patches import make_diff
-from minicoder.tasks.schema import Environment, Task, write_tasks
 
 BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
 
@@ -86,8 +86,8 @@ BUGGY = "def inc(x: int) -> int:\n    return x + 2\n"
 
 
 def inc_task(iid: str) -> Task:
-    return Task(instance_id=iid, repo="demo/m", base_commit="", patch=make_diff("m.py", BUGGY, BUGGY.replace("+ 2", "+ 1")),
-                test_patch=make_diff("test_m.py", None, "from m import inc\n\n\ndef test_inc():\n    assert inc(1) == 2\n"),
+    return Task(instance_id=iid, repo="demo/m", base_commit="", patch=file_diff("m.py", BUGGY, BUGGY.replace("+ 2", "+ 1")),
+                test_patch=file_diff("test_m.py", None, "from m import inc\n\n\ndef test_inc():\n    assert inc(1) == 2\n"),
                 problem_statement="inc adds two instead of one", FAIL_TO_PASS=["test_m.py::test_inc"], PASS_TO_PASS=[],
                 environment=Environment(files={"m.py": BUGGY}), source="manual")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from minicoder.cli import main
-from minicoder.tasks.patches import make_diff
-from minicoder.tasks.schema import Environment, Task, read_tasks, write_tasks
+from minicoder.gitdiff import file_diff
+from minicoder.record import Environment, Task, read_tasks, write_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,8 +153,8 @@ BUGGY = "def inc(x: int) -> int:\n    return x + 2\n"
 
 
 def _inc_task(iid: str, test: str = "assert inc(1) == 2") -> Task:
-    return Task(instance_id=iid, repo="demo/m", base_commit="", patch=make_diff("m.py", BUGGY, BUGGY.replace("+ 2", "+ 1")),
-                test_patch=make_diff("test_m.py", None, f"from m import inc\n\n\ndef test_inc():\n    {test}\n"),
+    return Task(instance_id=iid, repo="demo/m", base_commit="", patch=file_diff("m.py", BUGGY, BUGGY.replace("+ 2", "+ 1")),
+                test_patch=file_diff("test_m.py", None, f"from m import inc\n\n\ndef test_inc():\n    {test}\n"),
                 problem_statement="inc adds two instead of one", FAIL_TO_PASS=["test_m.py::test_inc"], PASS_TO_PASS=[],
                 environment=Environment(files={"m.py": BUGGY}), source="manual")
 
