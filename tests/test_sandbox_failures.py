@@ -52,14 +52,15 @@ def no_bwrap(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_failing_setup_command_is_setup_failed(backend):
-    task = copy.deepcopy(demo_task())
+    task = copy.deepcopy(demo_task(timeout_s=120))  # (a loaded machine must not turn this into a timeout)
     task.environment.setup = ["echo preparing > setup.log", "echo 'no such package' >&2; exit 3"]
     r = evaluate(task, task.patch, backend=backend)
     assert (r.reward, r.status, r.fraction) == (0.0, "setup_failed", 0.0)
     assert "exit 3" in r.message and "no such package" in r.exec.stderr
     assert r.patch_applied and r.tests == {t: "missing" for t in task.FAIL_TO_PASS + task.PASS_TO_PASS}
-    task.environment.setup = ["echo preparing > setup.log"]  # the same task with a working setup resolves
-    assert evaluate(task, task.patch, backend=backend).status == "resolved"
+    if backend == "local":  # the same task with only the working setup command resolves
+        task.environment.setup = ["echo preparing > setup.log"]
+        assert evaluate(task, task.patch, backend=backend).status == "resolved"
 
 
 def test_missing_bubblewrap_is_error_status(no_bwrap):
