@@ -25,6 +25,13 @@ Design choices:
 - Exact resume: a checkpoint holds model, optimizer, step, RNG states and the sampler position; a
   resumed run redoes exactly the same computation (CPU: bit-identical weights, tested).
 - `torch.compile` is optional (`compile=True`); a tqdm bar shows loss / lr / tokens per second.
+
+Reused by the RL stage (`minicoder.rl.grpo`), so nothing about training is written twice: the
+token-weighted loss (`token_weighted_loss`, with per-token weights instead of a 0/1 mask),
+per-token log-probabilities of targets (`token_logprobs`), `Trainer.forward` (autocast + packed
+rows), `Trainer.apply_gradients` (clip, schedule, AdamW, step count) and the checkpoints / exact
+resume (`state`, `save`, `resume`; a Trainer built with ``dataset=None`` has no sampler, and
+``extra_state`` carries the caller's own resumable state).
 """
 
 from __future__ import annotations
@@ -48,6 +55,31 @@ from minicoder.train.distributed import DistInfo, all_reduce_sum, full_state_dic
 from minicoder.train.metrics import MetricsLogger
 from minicoder.train.optim import make_optimizer
 from minicoder.train.schedule import WarmupCosine, set_lr
+
+
+def token_weighted_loss(per_token: torch.Tensor, weights: torch.Tensor, denom: float) -> torch.Tensor:
+    """sum_t weights[t] * per_token[t] / denom, in float32.
+
+    The loss of every trainer step: `per_token` is a per-position loss ([B, T]: cross-entropy in
+    pre/mid-training, the clipped policy-gradient surrogate in RL), `weights` says how much each
+    position counts (a 0/1 loss mask, or RL's per-token weights), and `denom` is the *global*
+    normaliser (all loss-bearing tokens of the step over every micro-batch and rank), so a token
+    weighs the same whatever micro-batch or rank it lands in.
+    """
+    if per_token.shape != weights.shape:
+        raise ValueError(f"per_token {tuple(per_token.shape)} and weights {tuple(weights.shape)} differ in shape")
+    return (per_token.float() * weights.float()).sum() / denom
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(targets[t]) under softmax(logits[t] / temperature), float32, 0 where targets == -100.
+
+    logits: [B, T, V]; targets: [B, T] pre-shifted (targets[t] is the token position t predicts).
+    """
+    lp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    safe = targets.clamp_min(0)
+    out = lp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return out.masked_fill(targets < 0, 0.0)
 
 
 @dataclass
@@ -99,9 +131,11 @@ class Trainer:
 
     out_dir: where ``checkpoints/`` and ``metrics.jsonl`` go (None: nothing is written).
     dist: `DistInfo` from `distributed.init_distributed()` (None: one process).
+    dataset None: no sampler and no `train_step`/`fit`; the caller builds its own batches and uses
+    `forward`, `token_weighted_loss` and `apply_gradients` (the RL stage does).
     """
 
-    def __init__(self, model: nn.Module, dataset: PackedDataset, cfg: TrainConfig, out_dir: str | Path | None = None,
+    def __init__(self, model: nn.Module, dataset: PackedDataset | None, cfg: TrainConfig, out_dir: str | Path | None = None,
                  dist: DistInfo | None = None, model_config=None, extra_state: dict | None = None) -> None:
         self.model, self.data, self.cfg = model, dataset, cfg
         self.dist = dist or DistInfo()
@@ -111,14 +145,14 @@ class Trainer:
         self.device = model_device(model)
         self.optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
         self.schedule = WarmupCosine(cfg.lr, cfg.steps, min(cfg.warmup_steps, cfg.steps), cfg.min_lr_ratio)
-        self.sampler = RowSampler(len(dataset), seed=cfg.seed)
+        self.sampler = RowSampler(len(dataset), seed=cfg.seed) if dataset is not None else None
         self.step = 0
         mc = self.model_config
         self.aux_coef = cfg.aux_loss_coef if cfg.aux_loss_coef is not None else getattr(mc, "router_aux_loss_coef", 0.0)
         self.mtp_weight = cfg.mtp_loss_weight if cfg.mtp_loss_weight is not None else getattr(mc, "mtp_loss_weight", 0.0)
         self.has_mtp = getattr(_unwrap(model), "mtp", None) is not None and self.mtp_weight > 0
         self.top_k = getattr(mc, "num_experts_per_tok", 1) or 1
-        self.forward = torch.compile(model) if cfg.compile else model
+        self.forward_fn = torch.compile(model) if cfg.compile else model
         self.autocast = self.device.type == "cuda"
         self._logger: MetricsLogger | None = None
 
@@ -133,6 +167,8 @@ class Trainer:
 
     # --- one step --------------------------------------------------------------------------------
     def _micro_batches(self) -> list:
+        if self.sampler is None:
+            raise RuntimeError("this Trainer has no dataset: build batches yourself and call forward / apply_gradients")
         c, w = self.cfg, self.dist.world_size
         rows = self.sampler.take(w * c.grad_accum * c.rows)
         out = []
@@ -156,20 +192,28 @@ class Trainer:
             "labels": torch.from_numpy(labels.reshape(1, -1)).to(dev),
         }
 
+    def forward(self, t: dict[str, torch.Tensor], tracker=None, compute_mtp: bool | None = None):
+        """The model on one packed micro-batch (`_tensors` layout), under bf16 autocast on CUDA."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            return self.forward_fn(input_ids=t["input_ids"], position_ids=t["position_ids"],
+                                   cu_seqlens=t["cu_seqlens"], load_tracker=tracker,
+                                   compute_mtp=self.has_mtp if compute_mtp is None else compute_mtp)
+
     def _losses(self, t: dict[str, torch.Tensor], tracker) -> tuple[torch.Tensor, torch.Tensor, Any]:
         from minicoder.model.model import shift_targets
 
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.forward(input_ids=t["input_ids"], position_ids=t["position_ids"], cu_seqlens=t["cu_seqlens"],
-                               load_tracker=tracker, compute_mtp=self.has_mtp)
+        out = self.forward(t, tracker)
         V = out.logits.shape[-1]
         tgt = shift_targets(t["labels"], t["cu_seqlens"])
-        ce_sum = F.cross_entropy(out.logits.float().reshape(-1, V), tgt.reshape(-1), ignore_index=-100, reduction="sum")
+        ce = F.cross_entropy(out.logits.float().reshape(-1, V), tgt.reshape(-1), ignore_index=-100,
+                             reduction="none").reshape(tgt.shape)
+        ce_sum = token_weighted_loss(ce, (tgt != -100), 1.0)
         mtp_sum = torch.zeros((), device=ce_sum.device)
         if self.has_mtp and out.mtp_logits is not None:
             tgt2 = shift_targets(tgt, t["cu_seqlens"])  # applied twice: the token at t + 2 (as the model does)
-            mtp_sum = F.cross_entropy(out.mtp_logits.float().reshape(-1, V), tgt2.reshape(-1), ignore_index=-100,
-                                      reduction="sum")
+            mtp = F.cross_entropy(out.mtp_logits.float().reshape(-1, V), tgt2.reshape(-1), ignore_index=-100,
+                                  reduction="none").reshape(tgt2.shape)
+            mtp_sum = token_weighted_loss(mtp, (tgt2 != -100), 1.0)
         return ce_sum, mtp_sum, out
 
     def train_step(self) -> dict[str, Any]:
@@ -197,12 +241,7 @@ class Trainer:
             ce_tot += ce_sum.detach().double().cpu()
             mtp_tot += mtp_sum.detach().double().cpu()
             aux_tot += float(out.aux_loss.detach()) / c.grad_accum if out.aux_loss is not None else 0.0
-        grad_norm = self._clip()
-        lr = self.schedule(self.step)
-        set_lr(self.optimizer, lr)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
+        grad_norm, lr = self.apply_gradients()
         sums = all_reduce_sum(torch.tensor([ce_tot.item(), mtp_tot.item(), aux_tot]), self.dist).tolist()
         dt = time.perf_counter() - t0
         # a step whose batch has no loss-bearing token (e.g. only system prompts) has no loss: NaN, not 0
@@ -215,6 +254,17 @@ class Trainer:
             rec["aux_loss"] = sums[2] / w
             rec["expert_load"] = (tracker.load() / self.top_k).cpu().tolist()  # [layers, E], rows sum to 1
         return rec
+
+    def apply_gradients(self) -> tuple[float, float]:
+        """Clip the global grad norm, set this step's learning rate, AdamW step, zero the grads,
+        count the step. Returns (grad norm before clipping, learning rate)."""
+        grad_norm = self._clip()
+        lr = self.schedule(self.step)
+        set_lr(self.optimizer, lr)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return grad_norm, lr
 
     def _clip(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -259,7 +309,7 @@ class Trainer:
             "model": model_sd,
             "optimizer": optim_sd,
             "rng": ckpt.capture_rng(),
-            "data": self.sampler.state_dict(),
+            "data": self.sampler.state_dict() if self.sampler is not None else None,
             "config": {"model": dataclasses.asdict(mc) if dataclasses.is_dataclass(mc) else None,
                        "train": self.cfg.to_dict()},
             "extra": self.extra_state,
@@ -279,7 +329,8 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         load_full_state_dicts(self.model, self.optimizer, state["model"], state["optimizer"], self.dist)
-        self.sampler.load_state_dict(state["data"])
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["data"])
         self.step = int(state["step"])
         ckpt.restore_rng(state["rng"])
 
