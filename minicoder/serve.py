@@ -136,7 +136,7 @@ def create_app(model, tokenizer, model_name: str = "minicoder", max_context: int
     from fastapi.responses import JSONResponse
 
     from minicoder.agent.tokens import encode_conversation
-    from minicoder.train.chat import parse_assistant
+    from minicoder.agent.chat import parse_assistant
 
     gen = Generator(model, tokenizer, max_context)
     app = FastAPI(title="minicoder", description="OpenAI-compatible chat completions for a minicoder model")
@@ -225,7 +225,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from minicoder.cli import UserError
+    from minicoder.errors import UserError
 
     try:
         model, tok = load_model_folder(args.ckpt, args.device)

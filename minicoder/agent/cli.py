@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from minicoder.agent.evaluate import evaluate_agent, format_summary, summarize
     from minicoder.agent.loop import AgentLimits
     from minicoder.agent.policies import LocalPolicy, resolve_policy
-    from minicoder.cli import UserError
-    from minicoder.tasks.schema import TaskFormatError, read_tasks
+    from minicoder.errors import UserError
+    from minicoder.record import TaskFormatError, read_tasks
 
     if args.k < 1 or args.max_turns < 1 or args.workers < 1:
         raise UserError("--k, --max-turns and --workers must be >= 1")

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from minicoder.agent.tokens import assistant_body
-from minicoder.train.chat import IM_END
+from minicoder.agent.chat import IM_END
 
 
 @dataclass
@@ -172,7 +172,7 @@ class OpenAIPolicy:
         return out
 
     def _one(self, st, budget: int) -> Action:
-        from minicoder.train.chat import parse_assistant
+        from minicoder.agent.chat import parse_assistant
 
         tools = [{"type": "function", "function": t} for t in (self.tools or [])]
         kw: dict[str, Any] = {"model": self.model, "messages": self.wire_messages(st.messages),

@@ -25,7 +25,7 @@ import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from minicoder.train.chat import DEFAULT_SYSTEM, IM_END, IM_START, format_tool_call, render_tools
+from minicoder.agent.chat import DEFAULT_SYSTEM, IM_END, IM_START, format_tool_call, render_tools
 
 Piece = tuple[str, bool, bool]  # (text, special tokens allowed, trainable)
 

@@ -34,7 +34,7 @@ def load_tasks(spec: str):
         n = int(parts[1]) if len(parts) > 1 else 1000
         seed = int(parts[2]) if len(parts) > 2 else 0
         return generate(split, n, seed)
-    from minicoder.tasks.schema import read_tasks
+    from minicoder.record import read_tasks
 
     return read_tasks(spec)
 
@@ -67,6 +67,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/rl"))
     p.set_defaults(func=run)
 
+
+def add_warmstart_parser(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("warmstart", help="mid-train a model on scripted toy-family episodes (the RL warm start)",
                        description="Record scripted episodes with the agent loop in real sessions, then mid-train.")
     w.add_argument("--tasks", default="toy:train:1500:1", help="toy-family tasks (toy:SPLIT[:N[:SEED]])")
@@ -81,7 +83,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _user_error(msg: str):
-    from minicoder.cli import UserError
+    from minicoder.errors import UserError
 
     return UserError(msg)
 

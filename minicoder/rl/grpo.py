@@ -26,8 +26,10 @@ Loss, per policy token t of trajectory i with advantage A_i (ratio r = exp(logp 
 aggregated either as a token mean over every policy token of the batch (``loss_agg="token_mean"``)
 or as Dr. GRPO's sequence-mean-token-sum with a constant normaliser L (``"seq_mean_token_sum_norm"``:
 sum over all tokens / (number of trajectories * L)), so long trajectories are not down-weighted.
-Both are `minicoder.train.trainer.token_weighted_loss` with per-token weights: training reuses the
-trainer's optimizer, schedule, loss, checkpoints and exact resume; nothing here re-implements them.
+Both are a token-weighted sum with a global normaliser, as the trainer's loss (`train.losses`,
+whose weighted cross-entropy is this loss's unclipped, ratio-1 special case); the log-probs are
+`train.losses.token_logprobs`, and the forward, the optimizer step (clip, schedule, AdamW),
+checkpoints and exact resume are the `Trainer`'s: nothing here re-implements them.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from typing import Any
 
 import torch
 
-from minicoder.train.trainer import Trainer, token_logprobs, token_weighted_loss
+from minicoder.train.losses import token_logprobs
+from minicoder.train.trainer import Trainer
 
 ADVANTAGES = ("mean", "loo")
 LOSS_AGGS = ("token_mean", "seq_mean_token_sum_norm")
@@ -266,7 +269,7 @@ def _unwrap(model):
 @torch.no_grad()
 def _ref_logprobs(ref_model, mb: MicroBatch, temperature: float) -> torch.Tensor:
     out = ref_model(input_ids=mb.input_ids, position_ids=mb.position_ids, cu_seqlens=mb.cu_seqlens, compute_mtp=False)
-    return token_logprobs(out.logits, mb.targets, temperature)
+    return token_logprobs(out.logits.float() / temperature, mb.targets)
 
 
 def grpo_step(trainer: Trainer, samples: Sequence[Sample], cfg: GRPOConfig, ref_model=None,
@@ -304,13 +307,13 @@ def grpo_step(trainer: Trainer, samples: Sequence[Sample], cfg: GRPOConfig, ref_
     ratio_max = 0.0
     for mb in mbs:
         with torch.set_grad_enabled(backward):
-            out = trainer.forward({"input_ids": mb.input_ids, "position_ids": mb.position_ids,
-                                   "cu_seqlens": mb.cu_seqlens}, tracker, compute_mtp=False)
-            logp = token_logprobs(out.logits, mb.targets, cfg.temperature)
+            out = trainer.forward_packed({"input_ids": mb.input_ids, "position_ids": mb.position_ids,
+                                          "cu_seqlens": mb.cu_seqlens}, tracker, compute_mtp=False)
+            logp = token_logprobs(out.logits.float() / cfg.temperature, mb.targets)
             ref = _ref_logprobs(ref_model, mb, cfg.temperature) if ref_model is not None else None
             per_tok, clipped, kl = surrogate(logp, mb.old_logp, mb.adv, cfg, ref)
             valid = mb.targets != -100
-            loss = token_weighted_loss(per_tok, valid, denom)
+            loss = (per_tok * valid).sum() / denom  # token-weighted, global normaliser (see the docstring)
             if out.aux_loss is not None and trainer.aux_coef:
                 loss = loss + trainer.aux_coef * out.aux_loss.to(loss.device) / len(mbs)
         if backward:

@@ -36,8 +36,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from minicoder.tasks.patches import make_diff
-from minicoder.tasks.schema import Environment, Task
+from minicoder.gitdiff import file_diff as make_diff
+from minicoder.record import Environment, Task
 
 KINDS = ("operator", "constant", "compare", "swap_args", "return_var")
 SPLITS = ("train", "heldout")

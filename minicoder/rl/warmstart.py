@@ -116,7 +116,7 @@ def family_tokenizer(episodes: list[dict[str, Any]], vocab_size: int = 2048, too
     from minicoder.agent.tools import ToolConfig
     from minicoder.data.corpus import iter_corpus
     from minicoder.data.tokenizer import train_tokenizer
-    from minicoder.train.chat import render_chat
+    from minicoder.agent.chat import render_chat
 
     specs = (tool_cfg or ToolConfig.toy()).specs()
     texts = [render_chat(e["messages"], specs) for e in episodes[:300]]

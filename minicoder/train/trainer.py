@@ -13,8 +13,8 @@ Design choices:
 - Token-weighted loss over the *global* batch: every loss-bearing token weighs the same whatever
   micro-batch or rank it lands in, so 1 process x accum 2 == 2 processes x accum 1 to float rounding
   (tested), and padding / masked tokens cost nothing. The cross-entropies are summed here from the
-  model's logits (HF-convention labels, shifted with the model's own `shift_targets`), not taken as
-  the model's per-micro-batch means.
+  model's logits and the batch's pre-shifted targets (`losses.token_loss_sum`, which the RL stage
+  calls with per-token weights), not taken as the model's per-micro-batch means.
 - MoE balancing: the model's balancing loss with an `ExpertLoadTracker`, i.e. expert frequencies f_e
   accumulated over the micro-batches of the step and all-reduced over ranks (global-batch balancing).
   The MTP head's own router is not in the aux loss (its stats are not in `ModelOutput`).
@@ -25,13 +25,6 @@ Design choices:
 - Exact resume: a checkpoint holds model, optimizer, step, RNG states and the sampler position; a
   resumed run redoes exactly the same computation (CPU: bit-identical weights, tested).
 - `torch.compile` is optional (`compile=True`); a tqdm bar shows loss / lr / tokens per second.
-
-Reused by the RL stage (`minicoder.rl.grpo`), so nothing about training is written twice: the
-token-weighted loss (`token_weighted_loss`, with per-token weights instead of a 0/1 mask),
-per-token log-probabilities of targets (`token_logprobs`), `Trainer.forward` (autocast + packed
-rows), `Trainer.apply_gradients` (clip, schedule, AdamW, step count) and the checkpoints / exact
-resume (`state`, `save`, `resume`; a Trainer built with ``dataset=None`` has no sampler, and
-``extra_state`` carries the caller's own resumable state).
 """
 
 from __future__ import annotations
@@ -46,40 +39,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from minicoder.train import checkpoint as ckpt
 from minicoder.train.data import PackedDataset, RowSampler
 from minicoder.train.distributed import DistInfo, all_reduce_sum, full_state_dicts, load_full_state_dicts
+from minicoder.train.losses import count_targets, token_loss_sum
 from minicoder.train.metrics import MetricsLogger
 from minicoder.train.optim import make_optimizer
 from minicoder.train.schedule import WarmupCosine, set_lr
-
-
-def token_weighted_loss(per_token: torch.Tensor, weights: torch.Tensor, denom: float) -> torch.Tensor:
-    """sum_t weights[t] * per_token[t] / denom, in float32.
-
-    The loss of every trainer step: `per_token` is a per-position loss ([B, T]: cross-entropy in
-    pre/mid-training, the clipped policy-gradient surrogate in RL), `weights` says how much each
-    position counts (a 0/1 loss mask, or RL's per-token weights), and `denom` is the *global*
-    normaliser (all loss-bearing tokens of the step over every micro-batch and rank), so a token
-    weighs the same whatever micro-batch or rank it lands in.
-    """
-    if per_token.shape != weights.shape:
-        raise ValueError(f"per_token {tuple(per_token.shape)} and weights {tuple(weights.shape)} differ in shape")
-    return (per_token.float() * weights.float()).sum() / denom
-
-
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log p(targets[t]) under softmax(logits[t] / temperature), float32, 0 where targets == -100.
-
-    logits: [B, T, V]; targets: [B, T] pre-shifted (targets[t] is the token position t predicts).
-    """
-    lp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    safe = targets.clamp_min(0)
-    out = lp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return out.masked_fill(targets < 0, 0.0)
 
 
 @dataclass
@@ -131,8 +99,9 @@ class Trainer:
 
     out_dir: where ``checkpoints/`` and ``metrics.jsonl`` go (None: nothing is written).
     dist: `DistInfo` from `distributed.init_distributed()` (None: one process).
-    dataset None: no sampler and no `train_step`/`fit`; the caller builds its own batches and uses
-    `forward`, `token_weighted_loss` and `apply_gradients` (the RL stage does).
+    dataset None (the RL stage): no sampler, no `train_step` / `fit`; the caller builds packed
+    micro-batches, runs `forward_packed`, backpropagates its own token-level loss and calls
+    `apply_gradients`; checkpoints and exact resume work as usual (`extra_state` carries its state).
     """
 
     def __init__(self, model: nn.Module, dataset: PackedDataset | None, cfg: TrainConfig, out_dir: str | Path | None = None,
@@ -152,7 +121,7 @@ class Trainer:
         self.mtp_weight = cfg.mtp_loss_weight if cfg.mtp_loss_weight is not None else getattr(mc, "mtp_loss_weight", 0.0)
         self.has_mtp = getattr(_unwrap(model), "mtp", None) is not None and self.mtp_weight > 0
         self.top_k = getattr(mc, "num_experts_per_tok", 1) or 1
-        self.forward_fn = torch.compile(model) if cfg.compile else model
+        self.forward = torch.compile(model) if cfg.compile else model
         self.autocast = self.device.type == "cuda"
         self._logger: MetricsLogger | None = None
 
@@ -168,7 +137,8 @@ class Trainer:
     # --- one step --------------------------------------------------------------------------------
     def _micro_batches(self) -> list:
         if self.sampler is None:
-            raise RuntimeError("this Trainer has no dataset: build batches yourself and call forward / apply_gradients")
+            raise RuntimeError("this Trainer has no dataset: build batches yourself and call forward_packed / "
+                               "apply_gradients")
         c, w = self.cfg, self.dist.world_size
         rows = self.sampler.take(w * c.grad_accum * c.rows)
         out = []
@@ -178,54 +148,42 @@ class Trainer:
         return out
 
     def _tensors(self, b) -> dict[str, torch.Tensor]:
-        """A PackedBatch [B, L] as one packed row [1, B*L] for the model, plus HF-convention labels."""
+        """A PackedBatch [B, L] as one packed row [1, B*L] for the model, with its pre-shifted targets
+        (`PackedBatch.labels`: -100 at piece ends, padding and, in mid-training, non-assistant tokens)."""
         dev = self.device
-        # HF convention (the model shifts): labels[t + 1] is kept iff the pre-shifted label of t is,
-        # which already excludes padding, document boundaries and (mid-training) non-assistant tokens
-        keep = np.zeros_like(b.loss_mask)
-        keep[:, 1:] = b.loss_mask[:, :-1]
-        labels = np.where(keep, b.input_ids, -100)
         return {
             "input_ids": torch.from_numpy(b.input_ids.reshape(1, -1)).to(dev),
             "position_ids": torch.from_numpy(b.position_ids.reshape(1, -1)).to(dev),
             "cu_seqlens": torch.from_numpy(b.cu_seqlens.astype(np.int64)).to(dev),
-            "labels": torch.from_numpy(labels.reshape(1, -1)).to(dev),
+            "targets": torch.from_numpy(b.labels.reshape(1, -1).astype(np.int64)).to(dev),
         }
 
-    def forward(self, t: dict[str, torch.Tensor], tracker=None, compute_mtp: bool | None = None):
-        """The model on one packed micro-batch (`_tensors` layout), under bf16 autocast on CUDA."""
+    def forward_packed(self, t: dict[str, torch.Tensor], tracker=None, compute_mtp: bool | None = None):
+        """The model on one packed micro-batch (input_ids / position_ids / cu_seqlens), bf16 autocast on CUDA."""
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            return self.forward_fn(input_ids=t["input_ids"], position_ids=t["position_ids"],
-                                   cu_seqlens=t["cu_seqlens"], load_tracker=tracker,
-                                   compute_mtp=self.has_mtp if compute_mtp is None else compute_mtp)
+            return self.forward(input_ids=t["input_ids"], position_ids=t["position_ids"], cu_seqlens=t["cu_seqlens"],
+                                load_tracker=tracker, compute_mtp=self.has_mtp if compute_mtp is None else compute_mtp)
 
     def _losses(self, t: dict[str, torch.Tensor], tracker) -> tuple[torch.Tensor, torch.Tensor, Any]:
         from minicoder.model.model import shift_targets
 
-        out = self.forward(t, tracker)
-        V = out.logits.shape[-1]
-        tgt = shift_targets(t["labels"], t["cu_seqlens"])
-        ce = F.cross_entropy(out.logits.float().reshape(-1, V), tgt.reshape(-1), ignore_index=-100,
-                             reduction="none").reshape(tgt.shape)
-        ce_sum = token_weighted_loss(ce, (tgt != -100), 1.0)
+        out = self.forward_packed(t, tracker)
+        ce_sum = token_loss_sum(out.logits, t["targets"])
         mtp_sum = torch.zeros((), device=ce_sum.device)
         if self.has_mtp and out.mtp_logits is not None:
-            tgt2 = shift_targets(tgt, t["cu_seqlens"])  # applied twice: the token at t + 2 (as the model does)
-            mtp = F.cross_entropy(out.mtp_logits.float().reshape(-1, V), tgt2.reshape(-1), ignore_index=-100,
-                                  reduction="none").reshape(tgt2.shape)
-            mtp_sum = token_weighted_loss(mtp, (tgt2 != -100), 1.0)
+            # the MTP head predicts the token after the next one: the targets shifted once more
+            mtp_sum = token_loss_sum(out.mtp_logits, shift_targets(t["targets"], t["cu_seqlens"]))
         return ce_sum, mtp_sum, out
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step; returns its metrics (global over ranks)."""
-        from minicoder.model.model import shift_targets
         from minicoder.model.moe import ExpertLoadTracker
 
         c, w = self.cfg, self.dist.world_size
         t0 = time.perf_counter()
         self.model.train()
         micro = [self._tensors(b) for b in self._micro_batches()]
-        n_local = sum(int((shift_targets(m["labels"], m["cu_seqlens"]) != -100).sum()) for m in micro)
+        n_local = sum(count_targets(m["targets"]) for m in micro)
         n_global = int(all_reduce_sum(torch.tensor(float(n_local)), self.dist).item())
         denom = max(n_global, 1)
         tracker = ExpertLoadTracker()
@@ -256,8 +214,8 @@ class Trainer:
         return rec
 
     def apply_gradients(self) -> tuple[float, float]:
-        """Clip the global grad norm, set this step's learning rate, AdamW step, zero the grads,
-        count the step. Returns (grad norm before clipping, learning rate)."""
+        """Clip the global grad norm, set this step's learning rate, AdamW step, zero the grads, count
+        the step. Returns (grad norm before clipping, learning rate). `train_step` and RL both end here."""
         grad_norm = self._clip()
         lr = self.schedule(self.step)
         set_lr(self.optimizer, lr)
@@ -291,10 +249,8 @@ class Trainer:
                     break
                 t = self._tensors(dataset.batch(idx))
                 ce_sum, _, _ = self._losses(t, None)
-                from minicoder.model.model import shift_targets
-
                 tot += float(ce_sum)
-                cnt += int((shift_targets(t["labels"], t["cu_seqlens"]) != -100).sum())
+                cnt += count_targets(t["targets"])
             s = all_reduce_sum(torch.tensor([tot, float(cnt)]), self.dist).tolist()
         finally:
             self.data = saved
