@@ -135,8 +135,8 @@ def create_app(model, tokenizer, model_name: str = "minicoder", max_context: int
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import JSONResponse
 
-    from minicoder.agent.tokens import encode_conversation
     from minicoder.agent.chat import parse_assistant
+    from minicoder.agent.tokens import encode_conversation
 
     gen = Generator(model, tokenizer, max_context)
     app = FastAPI(title="minicoder", description="OpenAI-compatible chat completions for a minicoder model")
@@ -198,18 +198,6 @@ def create_app(model, tokenizer, model_name: str = "minicoder", max_context: int
     return app
 
 
-def load_model_folder(path: str | Path, device: str = "cpu"):
-    """(model, tokenizer) from a model folder (config.json + safetensors + tokenizer.json)."""
-    from minicoder.data.tokenizer import CodeTokenizer
-    from minicoder.model.hf import load_pretrained
-
-    p = Path(path)
-    if not (p / "config.json").is_file() or not (p / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{p} is not a model folder (config.json + model.safetensors + tokenizer.json)")
-    model = load_pretrained(p, device=device, config_overrides={"kernel": "torch"} if device == "cpu" else None)
-    return model, CodeTokenizer.load(p)
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible chat-completions server for a minicoder checkpoint",
                        description=__doc__.split("\n\n")[0])
@@ -225,6 +213,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from minicoder.agent.policies import load_model_folder
     from minicoder.errors import UserError
 
     try:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from minicoder.agent.chat import render_chat
 from minicoder.agent.engine import Engine, RowState
 from minicoder.agent.tokens import conversation_pieces, encode_conversation, observation_ids
 from minicoder.agent.tools import ToolConfig, refusal
 from minicoder.config import ModelConfig
 from minicoder.model import HybridLM
 from minicoder.model.generate import generate
-from minicoder.agent.chat import render_chat
 
 SPECIALS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<tool_call>", "</tool_call>", "<tool_response>",
             "</tool_response>")

@@ -35,9 +35,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from minicoder.agent.chat import IM_END, parse_assistant
 from minicoder.agent.tokens import encode_conversation, encode_text, observation_ids
 from minicoder.agent.tools import SessionLike, ToolBox, ToolConfig, ToolResult
-from minicoder.agent.chat import IM_END, parse_assistant
 
 END_REASONS = ("submitted", "turn_limit", "context_limit", "timeout", "invalid_calls", "env_error")
 SYSTEM_PROMPT = ("You are a coding agent working in a repository. Use the tools to read the code, fix it, "

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from minicoder.agent.tokens import assistant_body
 from minicoder.agent.chat import IM_END
+from minicoder.agent.tokens import assistant_body
 
 
 @dataclass
@@ -61,15 +61,8 @@ class LocalPolicy:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", **kw: Any) -> LocalPolicy:
-        from minicoder.data.tokenizer import CodeTokenizer
-        from minicoder.model.hf import load_pretrained
-
-        p = Path(path)
-        if not (p / "config.json").is_file() or not (p / "tokenizer.json").is_file():
-            raise FileNotFoundError(f"{p} is not a model folder (config.json + model.safetensors + tokenizer.json, "
-                                    "as written by `minicoder rl` / save_pretrained)")
-        model = load_pretrained(p, device=device, config_overrides={"kernel": "torch"} if device == "cpu" else None)
-        return cls(model, CodeTokenizer.load(p), name=f"local:{p}", **kw)
+        model, tok = load_model_folder(path, device)
+        return cls(model, tok, name=f"local:{path}", **kw)
 
     def _generator(self, st) -> torch.Generator | None:
         if self.temperature == 0:
@@ -103,6 +96,19 @@ class LocalPolicy:
                 text = self.tokenizer.decode(toks[:-1] if closed else toks)
                 out.append(Action(text, toks, lps, closed=closed))
         return out
+
+
+def load_model_folder(path: str | Path, device: str = "cpu"):
+    """(model, tokenizer) from a model folder (config.json + safetensors + tokenizer.json)."""
+    from minicoder.data.tokenizer import CodeTokenizer
+    from minicoder.model.hf import load_pretrained
+
+    p = Path(path)
+    if not (p / "config.json").is_file() or not (p / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{p} is not a model folder (config.json + model.safetensors + tokenizer.json, "
+                                "as written by `minicoder rl` / save_pretrained)")
+    model = load_pretrained(p, device=device, config_overrides={"kernel": "torch"} if device == "cpu" else None)
+    return model, CodeTokenizer.load(p)
 
 
 class ScriptedPolicy:

@@ -92,10 +92,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from minicoder.agent.loop import AgentLimits
+    from minicoder.agent.policies import load_model_folder
     from minicoder.agent.tools import ToolConfig
     from minicoder.rl.grpo import GRPOConfig
     from minicoder.rl.pipeline import RLConfig, RLRun
-    from minicoder.serve import load_model_folder
 
     if args.steps < 1 or args.group < 2 or args.tasks_per_step < 1:
         raise _user_error("--steps and --tasks-per-step must be >= 1 and --group >= 2 (GRPO compares within a group)")

@@ -113,10 +113,10 @@ def record_episodes(tasks, open_env, path, seed: int = 0, tool_cfg=None, workers
 def family_tokenizer(episodes: list[dict[str, Any]], vocab_size: int = 2048, tool_cfg=None, stdlib_files: int = 200):
     """A byte-level BPE trained on stdlib code plus (up to 300) rendered episodes, so the template's
     tags and the family's vocabulary are short: fewer tokens per rollout on a CPU."""
+    from minicoder.agent.chat import render_chat
     from minicoder.agent.tools import ToolConfig
     from minicoder.data.corpus import iter_corpus
     from minicoder.data.tokenizer import train_tokenizer
-    from minicoder.agent.chat import render_chat
 
     specs = (tool_cfg or ToolConfig.toy()).specs()
     texts = [render_chat(e["messages"], specs) for e in episodes[:300]]
