@@ -15,6 +15,16 @@ from minicoder.config import ModelConfig
 from minicoder.model import HybridLM
 from minicoder.model.generate import generate
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops: one intra-op thread (several oversubscribe a shared CPU and crawl)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 SPECIALS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<tool_call>", "</tool_call>", "<tool_response>",
             "</tool_response>")
 
@@ -131,6 +141,7 @@ def test_generate_logprobs_are_those_of_a_teacher_forced_forward():
         assert out.logprobs[row] == pytest.approx(want, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_engine_matches_a_fresh_generate_over_the_whole_context_turn_after_turn():
     m = tiny_model()
     eng = Engine(m, stop_id=63)

@@ -24,6 +24,16 @@ from minicoder.rl.grpo import (
 )
 from minicoder.train.trainer import TrainConfig, Trainer
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops: one intra-op thread (several oversubscribe a shared CPU and crawl)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 SQRT_THIRD = math.sqrt(1 / 3)
 
 

@@ -9,8 +9,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import openai
 import pytest
 import torch
+import uvicorn
 
 from minicoder.agent.tokens import encode_conversation
 from minicoder.agent.tools import ToolConfig
@@ -18,8 +20,7 @@ from minicoder.config import ModelConfig
 from minicoder.model import HybridLM
 from minicoder.serve import create_app, to_chat_messages
 
-openai = pytest.importorskip("openai")
-uvicorn = pytest.importorskip("uvicorn")
+pytestmark = pytest.mark.slow  # the fixture trains a tiny model first
 
 REPLY = "<tool_call>\n<function=view>\n<parameter=path>\nf.py\n</parameter>\n</function>\n</tool_call>"
 MESSAGES = [{"role": "system", "content": "Fix it."}, {"role": "user", "content": "f.py is broken."}]
