@@ -14,7 +14,9 @@ import sys
 
 # subcommand name -> (module with add_parser, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("minicoder.demo", "run the end-to-end toy pipeline (what exists of it) on this machine"),
+    "demo": ("minicoder.demo", "run the end-to-end job on this machine (cached stages, --quick), with a report"),
+    "doctor": ("minicoder.doctor", "check Python, torch, CUDA, Triton, fla, Docker, bubblewrap, Ray, disk; say what to fix"),
+    "compare": ("minicoder.viz.compare", "plot runs' metrics side by side with their config differences (HTML)"),
     "eval": ("minicoder.sandbox.cli_eval", "grade predictions against tasks in sandboxes (test-based rewards)"),
     "cleanup": ("minicoder.sandbox.cli_cleanup", "remove leftover sandbox containers and folders"),
     "pack": ("minicoder.data.cli", "corpus -> tokenizer -> Best-Fit / concat / pad packed sequences, with stats"),
