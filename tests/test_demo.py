@@ -39,7 +39,7 @@ def test_demo_quick_interrupted_continued_cached_and_reported(tmp_path):
     out = tmp_path / "demo"
     log1 = open(tmp_path / "run1.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(_cmd(out), cwd=ROOT, env=_env(), stdout=log1, stderr=subprocess.STDOUT)
-    deadline = time.time() + 400
+    deadline = time.time() + 1200  # a loaded 2-core machine can be very slow
     ckpts = out / "pretrain" / "checkpoints"
     while time.time() < deadline and proc.poll() is None and not list(ckpts.glob("step_*.pt")):
         time.sleep(0.5)
@@ -96,7 +96,7 @@ def test_demo_quick_interrupted_continued_cached_and_reported(tmp_path):
 
     html = (out / "report.html").read_text()
     assert html.count("plotly.js v") == 1  # plotly.js inlined once, no CDN
-    assert "cdn.plot.ly" not in html and "<script src=" not in html
+    assert "<script src=" not in html and 'src="http' not in html  # nothing loaded from the network
     for title in ("packing fill", "training loss", "expert load", "time per stage"):
         assert title in html
     assert html.count("Plotly.newPlot(") == 4

@@ -328,7 +328,7 @@ def _settings_corpus(o) -> dict:
 def _settings_pretrain(o) -> dict:
     quick = _q(o)
     return {"steps": getattr(o, "train_steps", None) or (30 if quick else 150), "lr": 3e-3, "rows": 4,
-            "ckpt_every": 10, "overrides": list(o.overrides or [])}
+            "ckpt_every": 5 if quick else 25, "overrides": list(o.overrides or [])}
 
 
 def _settings_tasks(o) -> dict:
