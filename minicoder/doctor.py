@@ -132,7 +132,7 @@ def check_docker() -> Check:
         return Check("docker", "warn", f"no Docker engine answers ({type(e).__name__})",
                      "`make docker` starts one and builds the base image; without it the local bubblewrap "
                      "sandbox is used (the demo picks it by itself)")
-    from minicoder.sandbox.images import BASE_TAG
+    from minicoder.record import DEFAULT_IMAGE as BASE_TAG
 
     try:
         client.images.get(BASE_TAG)
@@ -252,5 +252,5 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"\nminicoder doctor: {len(failed)} problem(s) the demo cannot run with: {', '.join(failed)}")
         return 1
-    print(f"\nminicoder doctor: ready for `make demo`" + (f" ({len(warned)} optional: {', '.join(warned)})" if warned else ""))
+    print("\nminicoder doctor: ready for `make demo`" + (f" ({len(warned)} optional: {', '.join(warned)})" if warned else ""))
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -147,5 +148,5 @@ def test_demo_stage_list_is_well_formed_and_has_the_hooks_documented():
     check_stages(demo_stages.STAGES)
     names = [s.name for s in demo_stages.STAGES]
     assert names == ["corpus", "tokenizer", "pack", "model", "pretrain", "tasks", "midtrain", "rewards"]
-    src = open(demo_stages.__file__).read()
+    src = Path(demo_stages.__file__).read_text()
     assert 'HOOK (RL' in src and 'HOOK (held-out eval)' in src

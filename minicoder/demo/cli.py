@@ -18,6 +18,7 @@ continues where it stopped."""
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from minicoder.config import add_set_argument
     from minicoder.demo.stages import STAGES
+    from minicoder.sandbox.cli import add_backend_argument
 
     names = [s.name for s in STAGES]
     p = sub.add_parser("demo", help="run the end-to-end job on this machine, with a report",
@@ -31,36 +32,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="from_stage", choices=names, metavar="STAGE",
                    help=f"re-run this stage and every later one ({', '.join(names)})")
     p.add_argument("--only", choices=names, metavar="STAGE", help="run just this stage (earlier ones must have run)")
-    p.add_argument("--backend", choices=["auto", "local", "docker"], default="auto",
-                   help="sandbox for the task and reward stages (auto: docker when an engine answers, else local)")
+    add_backend_argument(p, auto=True, default="auto")
     p.add_argument("--train-steps", type=int, default=None, help="pretraining steps (default: the profile's)")
     p.add_argument("--list", action="store_true", help="list the stages and whether each is cached, then exit")
     add_set_argument(p)
     p.set_defaults(func=run)
 
 
-def resolve_backend(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    try:
-        import docker
-
-        docker.from_env(timeout=5).ping()
-        from minicoder.sandbox.images import base_image, ensure_engine
-
-        base_image(ensure_engine(start=False))
-        return "docker"
-    except Exception as e:  # no engine, or no base image: the embedded sandbox needs neither
-        print(f"(no usable Docker engine: {type(e).__name__}; using the local bubblewrap sandbox)")
-        return "local"
-
-
 def run(args: argparse.Namespace) -> int:
-    from minicoder.cli import UserError
     from minicoder.config import ConfigError
     from minicoder.demo.pipeline import load_results, read_record, run_stages
     from minicoder.demo.report import write_report
     from minicoder.demo.stages import STAGES, model_config
+    from minicoder.errors import UserError
+    from minicoder.sandbox.cli import resolve_backend
 
     args.profile = "quick" if args.quick else "default"
     out: Path = args.out or Path("runs/demo-quick" if args.quick else "runs/demo")

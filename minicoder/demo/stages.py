@@ -202,9 +202,10 @@ def pretrain(ctx: StageContext) -> dict:
 # --- tasks ----------------------------------------------------------------------------------------
 
 def tasks(ctx: StageContext) -> dict:
-    from minicoder.tasks.mutate import humaneval_problems, humaneval_subject
+    from minicoder.data.corpus import humaneval_problems
+    from minicoder.record import read_tasks, write_tasks
+    from minicoder.tasks.mutate import humaneval_subject
     from minicoder.tasks.pipeline import synth_mutate
-    from minicoder.tasks.schema import read_tasks, write_tasks
 
     s = ctx.settings
     problems = humaneval_problems()
@@ -244,7 +245,7 @@ def midtrain(ctx: StageContext) -> dict:
     from minicoder.config import ModelConfig
     from minicoder.data.tokenizer import CodeTokenizer
     from minicoder.model import HybridLM
-    from minicoder.tasks.schema import read_tasks
+    from minicoder.record import read_tasks
     from minicoder.train import trajectory_dataset
     from minicoder.train.checkpoint import load_checkpoint
     from minicoder.train.metrics import read_metrics
@@ -287,9 +288,9 @@ def midtrain(ctx: StageContext) -> dict:
 # --- rewards on held-out tasks -------------------------------------------------------------------
 
 def rewards(ctx: StageContext) -> dict:
+    from minicoder.record import read_tasks
     from minicoder.sandbox import evaluate
     from minicoder.sandbox.examples import demo_task, hostile_patches
-    from minicoder.tasks.schema import read_tasks
 
     backend = ctx.options.backend_resolved
     held = read_tasks(ctx.path(ctx.inputs["tasks"]["held_out"]))[:ctx.settings["tasks"]]

@@ -224,7 +224,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minicoder.cli import UserError
+    from minicoder.errors import UserError
 
     try:
         c = compare(args.runs, args.names.split(",") if args.names else None)
