@@ -275,6 +275,9 @@ def _check_topk(fn):
         if not isinstance(out, tuple) or len(out) != 2:
             raise Mismatch(f"{case}: return (ids, weights), got {type(out).__name__}")
         ids, w = out
+        if not torch.isfinite(torch.as_tensor(w, dtype=torch.float64)).all():
+            raise Mismatch(f"{case}: your weights contain NaN/inf: subtract the max logit before exp "
+                           "(a naive softmax overflows)")
         compare_arrays("ids (sorted per token)", torch.sort(torch.as_tensor(ids), -1).values,
                        torch.sort(ids_ref, -1).values, case + ": pick the k experts with the largest probabilities")
         order = torch.argsort(torch.as_tensor(ids), -1)
