@@ -259,8 +259,11 @@ def midtrain(ctx: StageContext) -> dict:
         print(f"midtrain: {len(trajs)} trajectories from the interrupted run")
     else:
         train_tasks = read_tasks(ctx.path(ctx.inputs["tasks"]["train"]))[:s["trajectories"]]
-        runner = "sandbox" if ctx.options.backend_resolved in ("local", "docker") else "auto"
-        trajs, skipped = build_trajectories(train_tasks, runner=runner, progress=True)
+        from minicoder.train.trajectories import sandbox_runner
+
+        # the tests' real output, run in the run's sandbox backend
+        trajs, skipped = build_trajectories(train_tasks, runner=sandbox_runner(ctx.options.backend_resolved),
+                                            progress=True)
         traj_file.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in trajs))
         (ctx.dir / "trajectories.done").write_text("ok\n")
         print(f"midtrain: {len(trajs)} trajectories from {len(train_tasks)} training tasks ({len(skipped)} skipped), "
