@@ -16,7 +16,9 @@ from minicoder.errors import UserError
 
 # subcommand name -> ("module:function" that registers it on the subparsers, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("minicoder.demo:add_parser", "run the end-to-end toy pipeline on this machine"),
+    "demo": ("minicoder.demo:add_parser", "run the end-to-end job on this machine (cached stages, --quick), with a report"),
+    "doctor": ("minicoder.doctor:add_parser", "check Python, torch, CUDA, Triton, fla, Docker, bubblewrap, Ray, disk; say what to fix"),
+    "compare": ("minicoder.viz.compare:add_parser", "plot runs' metrics side by side with their config differences (HTML)"),
     "pack": ("minicoder.data.cli:add_parser", "corpus -> tokenizer -> Best-Fit / concat / pad packed sequences, with stats"),
     "model": ("minicoder.model.cli:add_parser", "model accounting (params, FLOPs, memory, cache) and checkpoint validation"),
     "train": ("minicoder.train.cli:add_parser", "pretrain / mid-train on packed data: exact resume, torchrun + FSDP2, --plan"),
