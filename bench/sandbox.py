@@ -34,8 +34,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minicoder.machine import machine_info as _machine_info  # noqa: E402
-from minicoder.sandbox.base import Limits, pids_of_uid  # noqa: E402
+from minicoder.sandbox.base import Limits  # noqa: E402
 from minicoder.sandbox.examples import demo_task, hostile_patches  # noqa: E402
+from minicoder.sandbox.host import pids_of_uid  # noqa: E402
 from minicoder.sandbox.reward import evaluate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -4,7 +4,7 @@
     r = evaluate(task, patch, backend="local")   # or "docker"
     r.reward, r.status, r.fraction, r.tests
 
-Modules: base (interface, limits, results), local (bubblewrap), docker (Docker engine + warm pool),
+Modules: base (interface, limits, results), host (roots, uids, killing, trees), local (bubblewrap), docker (Docker engine + warm pool),
 patching (apply / protect), junit (report parsing), reward (evaluate / run_tests), workspace,
 repo_image (per-repository images), examples (a tiny task and hostile patches), cli_eval, cli_cleanup.
 """

@@ -17,7 +17,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from minicoder.sandbox.base import SandboxError, reap_stale_roots
+    from minicoder.sandbox.base import SandboxError
+    from minicoder.sandbox.host import reap_stale_roots
 
     roots = reap_stale_roots()
     print(f"local: removed {roots} stale sandbox folder(s)")

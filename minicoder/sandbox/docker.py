@@ -42,20 +42,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from minicoder.sandbox.base import (
-    REPORT_DIR,
-    WORKSPACE,
-    ExecResult,
-    Limits,
-    Sandbox,
-    SandboxError,
-    TailBuffer,
-    chown_tree,
-    dir_size_mb,
-    new_root,
-    pid_alive,
-    remove_tree,
-)
+from minicoder.sandbox.base import REPORT_DIR, WORKSPACE, ExecResult, Limits, Sandbox, SandboxError
+from minicoder.sandbox.host import TailBuffer, chown_tree, dir_size_mb, new_root, pid_alive, remove_tree
 from minicoder.sandbox.workspace import fill_workspace
 
 LABEL = "minicoder"  # the same label images.py puts on everything minicoder makes
