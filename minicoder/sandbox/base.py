@@ -110,6 +110,7 @@ class ExecResult:
     signal: int | None = None  # the signal that ended it, when one did
     stray_killed: int = 0  # processes still alive after the command that the sandbox had to kill
     disk_exceeded: bool = False
+    cpu_s: float | None = None  # CPU seconds of the command and everything it started (warm runner only)
 
     @property
     def truncated(self) -> bool:
@@ -168,6 +169,11 @@ class Sandbox(ABC):
     @abstractmethod
     def close(self) -> None:
         """Kill everything the sandbox started and delete its files. Idempotent."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether commands can still run (False once closed, or once the sandbox died under us)."""
+        return not self.closed and not getattr(self, "dead", False)
 
     def base_env(self) -> dict[str, str]:
         """The whole environment untrusted code sees: nothing of the host's leaks in."""

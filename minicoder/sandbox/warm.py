@@ -258,28 +258,39 @@ class LocalZygote(Zygote):
         from minicoder.sandbox.local import ETC_FILES
 
         a = [self.bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
-             "--die-with-parent", "--new-session", "--clearenv", "--cap-add", "ALL", "--hostname", "sandbox",
-             "--ro-bind", "/usr", "/usr"]
+             "--die-with-parent", "--new-session", "--clearenv", "--cap-add", "ALL", "--hostname", "sandbox"]
+        made: set[str] = set()
+
+        def parents(dst: str) -> None:  # run by root, bubblewrap would make missing parents 0700
+            for parent in reversed(Path(dst).parents[:-1]):
+                if str(parent) not in made:
+                    made.add(str(parent))
+                    a.extend(["--perms", "0755", "--dir", str(parent)])
+
+        def ro(src: str, dst: str) -> None:
+            parents(dst)
+            a.extend(["--ro-bind", src, dst])
+
+        ro("/usr", "/usr")
         for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
             if os.path.islink(top):
-                a += ["--symlink", os.readlink(top), top]
+                a.extend(["--symlink", os.readlink(top), top])
             elif os.path.isdir(top):
-                a += ["--ro-bind", top, top]
+                ro(top, top)
         for p in ETC_FILES:
             if os.path.exists(p):
-                a += ["--ro-bind", p, p]
+                ro(p, p)
         for name in ("passwd", "group"):  # mount points; each child binds its own over them
-            a += ["--ro-bind", "/dev/null", f"/etc/{name}"]
+            ro("/dev/null", f"/etc/{name}")
         (self.root / "hosts").write_text("127.0.0.1 localhost sandbox\n")
         os.chmod(self.root / "hosts", 0o644)
-        a += ["--ro-bind", str(self.root / "hosts"), "/etc/hosts"]
+        ro(str(self.root / "hosts"), "/etc/hosts")
         prefix = self.pyinfo["prefix"]
         if not prefix.startswith("/usr/") and prefix != "/usr":
-            for parent in reversed(Path(prefix).parents[:-1]):  # as root, bubblewrap makes parents 0700
-                a += ["--perms", "0755", "--dir", str(parent)]
-            a += ["--ro-bind", prefix, prefix]
-        a += ["--perms", "0755", "--dir", "/opt", "--ro-bind", str(self.runtime), "/opt/venv", "--proc", "/proc", "--dev", "/dev",
-              "--tmpfs", "/tmp", "--dir", WORKSPACE, "--dir", REPORT_DIR, "--remount-ro", "/", "--chdir", "/", "--setenv", "PATH", "/opt/venv/bin:/usr/bin:/bin"]
+            ro(prefix, prefix)
+        ro(str(self.runtime), "/opt/venv")
+        a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", WORKSPACE, "--dir", REPORT_DIR,
+              "--remount-ro", "/", "--chdir", "/", "--setenv", "PATH", "/opt/venv/bin:/usr/bin:/bin"]
         return a + ["--", "/opt/venv/bin/python3", "-I", "-c", ZYGOTE_SOURCE.read_text(), config]
 
     def _start(self) -> socket.socket:
@@ -514,7 +525,12 @@ class WarmSandbox(Sandbox):
 
     @property
     def alive(self) -> bool:
-        return not self.closed and not self.dead_reason and not select.select([self.pidfd], [], [], 0)[0]
+        if self.closed or self.dead_reason:
+            return False
+        try:
+            return not select.select([self.pidfd], [], [], 0)[0]  # a pidfd turns readable when B exits
+        except (OSError, ValueError):
+            return False
 
     def prepare(self, task) -> None:
         """Copy the task's base-commit repository into a fresh host staging folder (see `workspace`)."""
@@ -597,12 +613,11 @@ class WarmSandbox(Sandbox):
         if sig == signal.SIGKILL and not timed_out and oom_before is not None:
             after = self.zygote.oom_kills()
             oom = after is not None and after > oom_before
-        stray = int(reply.get("stray", 0))
-        stray += kill_uid(self.uid)  # belt and braces: anything of this uid outside the namespace
+        stray = int(reply.get("stray", 0))  # B swept its pid namespace, which no process can leave
         disk = self._disk_used_mb() > limits.disk_mb
         res = ExecResult(exit_code=rc, timed_out=timed_out, oom_killed=oom, stdout=out.text(), stderr=err.text(),
                          stdout_bytes=out.total, stderr_bytes=err.total, duration_s=float(reply["duration"]),
-                         signal=sig, stray_killed=stray, disk_exceeded=disk)
+                         signal=sig, stray_killed=stray, disk_exceeded=disk, cpu_s=reply.get("cpu"))
         res.overhead_s = max(0.0, (time.perf_counter() - t0) - res.duration_s)
         return res
 
@@ -641,9 +656,11 @@ class WarmSandbox(Sandbox):
             self.staging = None
         with contextlib.suppress(OSError):
             _send(self.chan, {"op": "close"}, [])
-        if not select.select([self.pidfd], [], [], 2.0)[0]:
-            self._kill()
+        if not select.select([self.pidfd], [], [], 0.0 if self.cmd_lock.locked() else 2.0)[0]:
+            self._kill()  # busy (a command of another thread) or not answering: end it now
             select.select([self.pidfd], [], [], 5.0)
+        if self.cmd_lock.acquire(timeout=GRACE_S):  # let a command thread see the end before the fds go
+            self.cmd_lock.release()
         self.chan.close()
         os.close(self.pidfd)
         kill_uid(self.uid)

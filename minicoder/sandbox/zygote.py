@@ -323,6 +323,7 @@ def serve(cfg, req, chan):
             sweep()
             os._exit(0)
         t0 = time.monotonic()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         pid = os.fork()
         if pid == 0:
             child(cfg, req, cmd, fds)
@@ -337,7 +338,9 @@ def serve(cfg, req, chan):
         os.close(pidfd)
         duration = time.monotonic() - t0
         stray = sweep()
-        send(chan, {"status": status, "timed_out": timed_out, "duration": duration, "stray": stray})
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command and every process it left to us
+        cpu = (ru.ru_utime - ru0.ru_utime) + (ru.ru_stime - ru0.ru_stime)
+        send(chan, {"status": status, "timed_out": timed_out, "duration": duration, "stray": stray, "cpu": cpu})
 
 
 def open_sandbox(cfg, req, chan):
