@@ -402,11 +402,17 @@ def evaluate_many(task: Task, patches: list[str | bytes | None], backend: str = 
     from minicoder.sandbox.workspace import template_for
 
     template_for(task)  # build the base-commit template once, before the workers race for it
+    lim = limits or Limits(timeout_s=task.environment.timeout_s)
     if not isinstance(backend, Sandbox) and resolve_runner(backend, runner) == "warm":
         from minicoder.sandbox.warm import get_zygote
 
         with contextlib.suppress(SandboxError):  # a failing start shows up per candidate, with its message
-            get_zygote(backend, task, limits or Limits(timeout_s=task.environment.timeout_s)).ensure()
+            get_zygote(backend, task, lim).ensure()
+    elif backend == "docker":  # cold: one container started ahead per worker
+        from minicoder.sandbox.docker import get_pool, image_for
+
+        with contextlib.suppress(SandboxError):
+            get_pool(image_for(task), lim.with_timeout(timeout_s)).ensure_size(workers + 1)
 
     def one(patch):
         return evaluate(task, patch, backend=backend, timeout_s=timeout_s, limits=limits, runner=runner)

@@ -11,29 +11,34 @@ with `python3 -I -c SOURCE CONFIG`; `warm.py` is its host side.
 
 Per sandbox ("open" request), three processes:
     zygote --fork--> A: unshare(mount, pid, net, ipc, uts, cgroup namespaces); fork; exit
-                     B: pid 1 of the new pid namespace, root, never runs untrusted code:
-                        mounts a private tmpfs /tmp (+ /dev/shm), binds the sandbox's own slot
-                        (workspace, report, home) at /workspace, /report, $HOME, a fresh /proc, then
-                        detaches the folders holding every other slot; serves the host on a socket
-                        of its own (its pid reaches the host with SCM_CREDENTIALS, already
-                        translated, so the host can kill the whole namespace by killing B)
+                     B: pid 1 of the new pid namespace, root, never runs untrusted code. Mounts
+                        fresh tmpfs at /tmp, /dev/shm, /workspace (sized by the disk limit) and
+                        /report, an /etc/passwd naming the sandbox's uid, a fresh /proc (with what
+                        Docker masks of it masked); detaches the control folder; tells the host its
+                        pid with SCM_CREDENTIALS (translated by the kernel), so the host reaches the
+                        files through /proc/<B>/root and can end the whole namespace by killing B;
+                        then serves the host's commands on a socket of its own
     B --fork per command--> C: the command's process (pid 2, like bubblewrap's): stdio from the
                         host's pipes, every other descriptor closed, rlimits, a new session, all
                         capabilities dropped (bounding, ambient, inheritable), groups cleared,
                         setresgid/setresuid to the sandbox's own fresh host uid, no_new_privs, a
                         seccomp filter refusing new namespaces, mounts, keyrings, bpf and the like;
                         then either execve(command) or, in "python" mode, the test runner's code in
-                        this already-warm interpreter.
+                        this already warm interpreter.
 After each command B kills every process left in the namespace (`kill(-1)` from pid 1) and reports
-how many it found, so nothing a command started outlives it; closing the sandbox ends B, and with it
-the namespace.
+how many it found and the CPU time they used, so nothing a command started outlives it; closing the
+sandbox ends B, and with it the namespace and its tmpfs.
 
 What a child cannot do to the zygote or to other children: see them (own pid namespace), signal or
-ptrace them (other uid, no capabilities, zygote and B are root), write files they read (its own
-workspace, report, home, /tmp and /dev/shm; the slot folders are detached; the root is read-only),
-reach them over the network or abstract sockets (own network namespace), or share SysV IPC (own ipc
-namespace). The zygote reads nothing a child wrote. If the zygote dies anyway, the host starts a new
-one and re-runs what was in flight.
+ptrace them (other uid, no capabilities; the zygote and B are root and not dumpable), write files
+they read (its own tmpfs mounts; the root is read-only), reach them over the network or abstract
+sockets (own network namespace), or share SysV IPC (own ipc namespace). The zygote reads nothing a
+child wrote. If the zygote dies anyway, the host starts a new one and re-runs what was in flight.
+
+Start-up (`main`): run the prelude (pytest and the runner's modules), then a warm-up run of the test
+runner in a throw-away child that reports which modules a run imports lazily (`warm_up`); import
+those, `gc.freeze()` (children's garbage collections then skip, and so never copy, the inherited
+heap), and serve.
 """
 
 import contextlib
