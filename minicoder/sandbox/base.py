@@ -58,6 +58,10 @@ class SandboxError(RuntimeError):
     """The sandbox itself could not do its job (tool missing, engine gone, workspace broken)."""
 
 
+class DiskLimitError(SandboxError):
+    """The prepared (patched) workspace does not fit the sandbox's disk quota (`Limits.disk_mb`)."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits for one command run in a sandbox.

@@ -49,7 +49,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from minicoder.sandbox.base import REPORT_DIR, ExecResult, Limits, Sandbox, SandboxError
+from minicoder.sandbox.base import REPORT_DIR, DiskLimitError, ExecResult, Limits, Sandbox, SandboxError
 from minicoder.sandbox.junit import ReportError, parse_junit
 from minicoder.sandbox.patching import decode_patch, patch_files, protect
 from minicoder.tasks.schema import Task
@@ -302,7 +302,11 @@ def _tests_in_sandbox(sb: Sandbox, task: Task, text: str, ids: list[str], limits
     except RuntimeError as e:
         tr.status, tr.message = "error", str(e)
         return
-    sb.finalize_workspace()
+    try:
+        sb.finalize_workspace()
+    except DiskLimitError as e:  # the candidate's files alone are over the quota
+        tr.status, tr.message = "disk_limit", str(e)
+        return
     for cmd in task.environment.setup:
         res = sb.run(["/bin/sh", "-c", cmd], timeout_s=limits.timeout_s)
         if not res.ok:

@@ -54,6 +54,17 @@ from minicoder.sandbox.workspace import (
     write_bytes,
 )
 
+# `python -m pytest ARGS` in a warm interpreter: the workspace first on sys.path, then pytest's main
+_PYTEST_MAIN = """
+import os, sys
+import pytest
+sys.path.insert(0, os.getcwd())
+sys.argv = ["pytest", *sys.argv[1:]]
+rc = pytest.main(sys.argv[1:])
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(int(rc))
+"""
+
 
 class SessionError(RuntimeError):
     """A session call that cannot be done: the session ended, or a path/file the host refuses."""
@@ -96,7 +107,7 @@ def _new_sandbox(backend: str, task, limits: Limits, session_limits: SessionLimi
 
     if backend not in ("local", "docker"):
         raise ValueError(f"unknown sandbox backend {backend!r}: expected 'local' or 'docker'")
-    sized = replace(limits, disk_mb=max(limits.disk_mb, session_limits.disk_mb))
+    sized = replace(limits, disk_mb=session_limits.disk_mb)  # the workspace quota is the session's
     if resolve_runner(backend, runner) == "warm":
         from minicoder.sandbox.warm import WarmSandbox
 
@@ -165,7 +176,8 @@ class Session:
             raise SessionError(f"session ended: {self.reason or 'closed'}")
 
     # --- commands -------------------------------------------------------------------------------
-    def exec(self, cmd: str | list[str], timeout: float | None = None, env: dict[str, str] | None = None) -> ExecResult:
+    def exec(self, cmd: str | list[str], timeout: float | None = None, env: dict[str, str] | None = None,
+             _python: str | None = None) -> ExecResult:
         """Run a command (a string goes to /bin/sh -c) in the workspace; never raises for the
         command's own failures, and never hangs: a dead session answers with an error result."""
         if not self.alive:
@@ -180,7 +192,10 @@ class Session:
         self.sb.limits = replace(self.limits, cpu_time_s=cpu_cap, disk_mb=self.sb.limits.disk_mb)
         with self._busy:
             try:
-                res = self.sb.run(argv, timeout_s=max(0.1, timeout), env=env)
+                if _python is not None:  # argv[3:] are the code's arguments (see `pytest`)
+                    res = self.sb.run_python(_python, argv[3:], timeout_s=max(0.1, timeout), env=env)
+                else:
+                    res = self.sb.run(argv, timeout_s=max(0.1, timeout), env=env)
             except SandboxError as e:
                 self._end(f"sandbox failure: {e}")
                 return self._error(self.reason)
@@ -194,6 +209,17 @@ class Session:
         elif not getattr(self.sb, "warm", False) and res.disk_exceeded and self._disk_mb() > self.session_limits.disk_mb:
             self._end(f"session disk limit ({self.session_limits.disk_mb} MB) exceeded")
         return res
+
+    def pytest(self, args: list[str] | None = None, timeout: float | None = None) -> ExecResult:
+        """Run pytest on the workspace (`args` as on its command line; default: the whole suite).
+
+        On the warm runner this runs in the sandbox's already warm interpreter (pytest imported once
+        for all sessions), like `python -I -m pytest ARGS`: the workspace first on sys.path, PYTHON*
+        variables not honoured; elsewhere it is `python -m pytest ARGS` through `exec`."""
+        args = [str(a) for a in (args or [])]
+        if not getattr(self.sb, "warm", False):
+            return self.exec(["python3", "-m", "pytest", *args], timeout=timeout)
+        return self.exec(["python3", "-m", "pytest", *args], timeout=timeout, _python=_PYTEST_MAIN)
 
     def _disk_mb(self) -> float:
         from minicoder.sandbox.host import dir_size_mb

@@ -34,8 +34,26 @@ import threading
 import time
 from pathlib import Path
 
-from minicoder.sandbox.base import HOME, REPORT_DIR, WORKSPACE, ExecResult, Limits, Sandbox, SandboxError
-from minicoder.sandbox.host import TailBuffer, chown_tree, drain, is_root, kill_uid, new_root, remove_tree
+from minicoder.sandbox.base import (
+    HOME,
+    REPORT_DIR,
+    WORKSPACE,
+    DiskLimitError,
+    ExecResult,
+    Limits,
+    Sandbox,
+    SandboxError,
+)
+from minicoder.sandbox.host import (
+    TailBuffer,
+    chown_tree,
+    dir_size_mb,
+    drain,
+    is_root,
+    kill_uid,
+    new_root,
+    remove_tree,
+)
 from minicoder.sandbox.zygotes import (  # noqa: F401 -- re-exported: the warm runner's public names
     GRACE_S,
     DockerZygote,
@@ -88,12 +106,11 @@ class WarmSandbox(Sandbox):
         self.uid = local.pick_uid()
         self.gid = self.uid
         self.dead_reason = ""
-        self.generation = self.zygote.generation
         request = {"uid": self.uid, "gid": self.gid, "home": HOME, "tmp_bytes": self.limits.tmp_mb * 2**20,
                    "disk_bytes": (self.limits.disk_mb + 1) * 2**20, "report_bytes": self.REPORT_MB * 2**20,
                    "passwd": _PASSWD.format(uid=self.uid, gid=self.gid, home=HOME),
                    "group": _GROUP.format(gid=self.gid)}
-        self.chan, self.pid, self.pidfd = self.zygote.fork(request)
+        self.chan, self.pid, self.pidfd, self.generation = self.zygote.fork(request)
         self.root = Path(f"/proc/{self.pid}/root")
         self.cmd_lock = threading.Lock()
         self.staging: Path | None = None  # the host folder the workspace is prepared in (git runs there)
@@ -137,8 +154,21 @@ class WarmSandbox(Sandbox):
             import shutil
 
             staging, self.staging = self.staging, None
-            shutil.copytree(staging, self.live_workspace, symlinks=True, dirs_exist_ok=True)
-            remove_tree(staging)
+            try:
+                size = dir_size_mb(staging, stop_at_mb=self.limits.disk_mb)
+                if size > self.limits.disk_mb:
+                    raise DiskLimitError(f"the patched workspace is over its {self.limits.disk_mb} MB disk quota")
+                try:
+                    shutil.copytree(staging, self.live_workspace, symlinks=True, dirs_exist_ok=True)
+                except (shutil.Error, OSError) as e:  # ENOSPC of the sandbox's tmpfs, or the sandbox went away
+                    if not self.alive:
+                        if self._zygote_died():
+                            raise ZygoteDied("the warm runner died while a workspace was copied in") from None
+                        raise SandboxError("the sandbox died while its workspace was copied in") from None
+                    raise DiskLimitError(f"the patched workspace does not fit its {self.limits.disk_mb} MB disk "
+                                         f"quota ({str(e)[:120]})") from None
+            finally:
+                remove_tree(staging)
         chown_tree(self.live_workspace, self.uid, self.gid)
 
     def base_env(self) -> dict[str, str]:
@@ -152,12 +182,18 @@ class WarmSandbox(Sandbox):
     def _dead(self, why: str, duration: float = 0.0) -> ExecResult:
         return ExecResult(exit_code=None, stderr=f"sandbox is gone: {why}\n", duration_s=duration)
 
+    def _zygote_died(self) -> bool:
+        """Whether this sandbox went down with its zygote (then the caller re-runs, see ZygoteDied)."""
+        return self.zygote.generation != self.generation or not self.zygote.alive()
+
     def _command(self, msg: dict, limits: Limits) -> ExecResult:
         if self.closed:
             raise SandboxError("sandbox is closed")
         if self.staging is not None and self.alive:
             self.finalize_workspace()
         if not self.alive:
+            if not self.dead_reason and self._zygote_died():
+                raise ZygoteDied("the warm runner died before the command")
             self.dead_reason = self.dead_reason or "its pid 1 exited (killed from outside?)"
             return self._dead(self.dead_reason)
         out, err = TailBuffer(limits.output_bytes), TailBuffer(limits.output_bytes)
@@ -188,7 +224,7 @@ class WarmSandbox(Sandbox):
         if reply is None:
             if not self.dead_reason:
                 self.dead_reason = "its pid 1 died during the command"
-            if self.zygote.generation != self.generation or not self.zygote.alive():
+            if self._zygote_died():
                 raise ZygoteDied("the warm runner died during a command")
             res = self._dead(self.dead_reason, t1 - t0)
             res.stdout, res.stdout_bytes = out.text(), out.total

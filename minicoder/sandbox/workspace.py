@@ -85,10 +85,10 @@ def _parts(rel: str) -> list[str]:
     if not isinstance(rel, str) or not rel or "\x00" in rel:
         raise WorkspaceError(f"invalid path {rel!r}")
     p = PurePosixPath(rel)
-    if p.is_absolute():
-        p = PurePosixPath(*p.parts[1:]) if p.parts[:2] == ("/", "workspace") else p
-        if p.is_absolute():
+    if p.is_absolute():  # the sandbox's own spelling of a workspace path is accepted
+        if p.parts[:2] != ("/", "workspace") or len(p.parts) < 3:
             raise WorkspaceError(f"{rel!r} is outside the workspace")
+        p = PurePosixPath(*p.parts[2:])
     parts = [x for x in p.parts if x != "."]
     if not parts or ".." in parts:
         raise WorkspaceError(f"{rel!r} is outside the workspace")
@@ -136,10 +136,11 @@ def read_bytes(ws: Path, rel: str, max_bytes: int = 4 * 2**20) -> bytes:
         raise WorkspaceError(f"{rel}: cannot open ({e.strerror}; symlinks are not followed)") from None
     finally:
         os.close(dfd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise WorkspaceError(f"{rel} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise WorkspaceError(f"{rel} is not a regular file")
         if st.st_size > max_bytes:
             raise WorkspaceError(f"{rel} is {st.st_size} bytes, over the {max_bytes} byte cap")
         return fh.read(max_bytes + 1)[:max_bytes]
@@ -159,9 +160,10 @@ def write_bytes(ws: Path, rel: str, data: bytes, owner: tuple[int, int] | None =
             raise WorkspaceError(f"{rel}: cannot write ({e.strerror}; symlinks are not followed)") from None
     finally:
         os.close(dfd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise WorkspaceError(f"{rel} is not a regular file")
     with os.fdopen(fd, "wb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise WorkspaceError(f"{rel} is not a regular file")
         fh.truncate(0)
         fh.write(data)
         if owner is not None:

@@ -218,6 +218,8 @@ def setup_mounts(cfg, req):
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(req['tmp_bytes'])},mode=1777")
     if os.path.isdir("/dev/shm"):
         _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=1777")
+    if os.path.isdir("/dev/mqueue"):  # POSIX queues of this sandbox's own ipc namespace, not the container's
+        _mount("mqueue", "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     # the workspace and report live in memory, capped by the kernel (ENOSPC past disk_mb), and vanish
     # with the namespace; the host fills and reads them through /proc/<B>/root
     _mount("tmpfs", cfg["workspace"], "tmpfs", MS_NOSUID | MS_NODEV,

@@ -155,6 +155,7 @@ class Zygote:
                 self._stop()
             self.ctl.close()
             self.ctl = None
+        self.generation += 1  # before the new process exists: sandboxes of the old one must see the change
         t0 = time.perf_counter()
         ctl = self._start()
         msg, _ = _recv(ctl, START_TIMEOUT_S)
@@ -163,12 +164,11 @@ class Zygote:
             raise SandboxError(f"the {self.backend} warm runner did not start")
         self.ctl = ctl
         self.info = msg
-        self.generation += 1
         self.started_s = time.perf_counter() - t0
 
-    def fork(self, request: dict) -> tuple[socket.socket, int, int]:
+    def fork(self, request: dict) -> tuple[socket.socket, int, int, int]:
         """Ask for a new sandbox (uid, gid, sizes, passwd/group text); returns (its channel, B's host
-        pid, a pidfd of B)."""
+        pid, a pidfd of B, the zygote generation it was forked from)."""
         with self.lock:
             for attempt in range(2):
                 self.ensure()
@@ -185,6 +185,7 @@ class Zygote:
                         raise ZygoteDied(f"the {self.backend} warm runner is not answering") from None
                     continue
                 child_end.close()
+                generation = self.generation
                 break
         try:
             msg, pid = _recv(host_end, START_TIMEOUT_S)
@@ -202,7 +203,7 @@ class Zygote:
         except ProcessLookupError:
             host_end.close()
             raise ZygoteDied("a warm sandbox died right after starting") from None
-        return host_end, pid, pidfd
+        return host_end, pid, pidfd, generation
 
     def shutdown(self) -> None:
         self.stopped = True
