@@ -16,11 +16,11 @@ import textwrap
 
 import pytest
 
+from minicoder.gitdiff import make_diff
 from minicoder.sandbox import reward as R
 from minicoder.sandbox.base import Limits
 from minicoder.sandbox.examples import BASE_FILES, OPS, _ops_with, demo_task, hostile_patches
 from minicoder.sandbox.host import pids_of_uid
-from minicoder.sandbox.patching import make_diff
 from minicoder.sandbox.reward import evaluate, evaluate_many
 
 BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]

@@ -17,7 +17,7 @@ import pytest
 from minicoder.sandbox.workspace import (
     Entry,
     WorkspaceError,
-    diff_snapshots,
+    diff_trees,
     read_bytes,
     snapshot,
     write_bytes,
@@ -45,7 +45,7 @@ def _repo(path: Path, files: dict[str, str]) -> Path:
 BASE = {"pkg/a.py": "x = 1\ny = 2\n", "pkg/b.py": "gone = True\n", "run.sh": "echo hi\n", "notes.txt": "no newline"}
 
 
-def test_diff_snapshots_round_trips_through_git_apply(tmp_path):
+def test_diff_trees_round_trips_through_git_apply(tmp_path):
     base = _repo(tmp_path / "base", BASE)
     work = tmp_path / "work"
     subprocess.run(["cp", "-a", str(base), str(work)], check=True)
@@ -64,7 +64,7 @@ def test_diff_snapshots_round_trips_through_git_apply(tmp_path):
     old, new = snapshot(base), snapshot(work)
     assert ".git/HEAD" not in old and "__pycache__/x.pyc" not in new and ".pytest_cache/README.md" not in new
     assert new["link"] == Entry(b"pkg/a.py", "120000") and new["run.sh"].mode == "100755"
-    text, skipped = diff_snapshots(old, new)
+    text, skipped = diff_trees(old, new)
     assert skipped == ["blob.bin"]
     assert "new file mode 120000" in text and "old mode 100644\nnew mode 100755" in text
 
@@ -76,13 +76,13 @@ def test_diff_snapshots_round_trips_through_git_apply(tmp_path):
     got = snapshot(target)
     want = {k: v for k, v in new.items() if k != "blob.bin"}
     assert got == want
-    assert diff_snapshots(old, old) == ("", [])
+    assert diff_trees(old, old) == ("", [])
 
 
 def test_file_becoming_symlink_is_a_delete_and_a_create(tmp_path):
     old = {"a": Entry(b"text\n", "100644")}
     new = {"a": Entry(b"b", "120000")}
-    text, _ = diff_snapshots(old, new)
+    text, _ = diff_trees(old, new)
     assert text.index("deleted file mode 100644") < text.index("new file mode 120000")
 
 

@@ -52,6 +52,7 @@ WORKSPACE = "/workspace"  # where the repository is mounted inside every sandbox
 REPORT_DIR = "/report"  # where the test report directory is mounted (outside the workspace)
 HOME = "/tmp/home"  # fake HOME inside the sandbox (private tmp)
 SANDBOX_UID = 1000  # the uid untrusted code sees inside the sandbox (mapped to a host uid)
+BACKENDS = ("local", "docker")  # the sandbox backends: bubblewrap namespaces, or a Docker engine
 
 
 class SandboxError(RuntimeError):

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from minicoder.sandbox.base import ExecResult, Limits, Sandbox, SandboxError
 from minicoder.sandbox.workspace import (
     WorkspaceError,
-    diff_snapshots,
+    diff_trees,
     read_bytes,
     snapshot,
     template_for,
@@ -261,7 +261,7 @@ class Session:
             now = snapshot(self.sb.workspace)
         except (WorkspaceError, OSError) as e:
             raise SessionError(str(e)) from None
-        text, self.diff_skipped = diff_snapshots(snapshot(template_for(self.task)), now)
+        text, self.diff_skipped = diff_trees(snapshot(template_for(self.task)), now)
         return text
 
     # --- the end --------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Workspaces for sandboxes: fresh copies of a task's base commit, and safe host-side access to them.
 
-`materialize_repo` (tasks/schema.py) builds a history-free git repository (git init + add +
+`materialize_repo` (gitdiff.py) builds a history-free git repository (git init + add +
 commit, three processes). Evaluations of the same task need the same starting tree many times, so
 the first one is kept as a template in a per-process cache and later ones are plain copies (a
 small repository copies in about a millisecond). Templates live in a temp folder deleted at exit.
@@ -9,7 +9,7 @@ A workspace that untrusted code has written may hold symlinks to anywhere (`ln -
 fifos, devices or huge files, and the host reads it as root. `read_file`, `write_file`,
 `list_files` and `snapshot` therefore walk every path component with O_NOFOLLOW from a directory
 descriptor, accept regular files only (a symlink is reported as a link, never followed), cap sizes,
-and never run git there; `diff_snapshots` turns two snapshots into a git-style patch (file modes and
+and never run git there; `diff_trees` turns two snapshots into a git-style patch (file modes and
 symlinks included) that `git apply` reproduces on the base commit.
 """
 
@@ -27,7 +27,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from minicoder.tasks.schema import Task, materialize_repo
+from minicoder.gitdiff import materialize_repo
+from minicoder.record import Task
 
 _lock = threading.Lock()
 _templates: dict[str, Path] = {}
@@ -214,7 +215,7 @@ def _text(data: bytes) -> str | None:
     return None if "\x00" in text else text
 
 
-def diff_snapshots(old: dict[str, Entry], new: dict[str, Entry]) -> tuple[str, list[str]]:
+def diff_trees(old: dict[str, Entry], new: dict[str, Entry]) -> tuple[str, list[str]]:
     """(a git-style unified diff turning `old` into `new`, the paths left out because they are binary).
 
     Modes are written like git does (new/deleted file mode, old/new mode), a symlink's content is its
@@ -225,8 +226,8 @@ def diff_snapshots(old: dict[str, Entry], new: dict[str, Entry]) -> tuple[str, l
         if a == b:
             continue
         if a is not None and b is not None and (a.mode == "120000") != (b.mode == "120000"):
-            d1, s1 = diff_snapshots({path: a}, {})  # a file became a link or the other way: delete, create
-            d2, s2 = diff_snapshots({}, {path: b})
+            d1, s1 = diff_trees({path: a}, {})  # a file became a link or the other way: delete, create
+            d2, s2 = diff_trees({}, {path: b})
             chunks += [d1, d2]
             skipped += s1 + s2
             continue

@@ -428,8 +428,8 @@ def get_zygote(backend: str, task=None, limits: Limits | None = None) -> Zygote:
         packages = tuple(sorted(set(task.environment.python_packages))) if task is not None else ()
         key: tuple = ("local", packages)
     elif backend == "docker":
+        from minicoder.record import DEFAULT_IMAGE
         from minicoder.sandbox.docker import image_for
-        from minicoder.tasks.schema import DEFAULT_IMAGE
 
         image = image_for(task) if task is not None else DEFAULT_IMAGE
         capacity = int(os.environ.get("MINICODER_WARM_CAPACITY", "16"))
