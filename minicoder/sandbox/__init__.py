@@ -3,6 +3,11 @@
     from minicoder.sandbox import evaluate, run_tests, Limits
     r = evaluate(task, patch, backend="local")   # or "docker"
     r.reward, r.status, r.fraction, r.tests
+    rewards = evaluate_many(task, patches, backend="local", workers=2)   # a GRPO group, same order
+
+    from minicoder.sandbox.session import open_session   # a live sandbox for one agent rollout
+    with open_session(task, backend="local") as s:
+        s.exec("python -m pytest -q"); s.write_file("pkg/mod.py", text); patch = s.diff()
 
 Modules: base (interface, limits, results), host (roots, uids, killing, trees), local (bubblewrap),
 docker (Docker engine + container pool), warm / zygotes / zygote (the warm runner: sandboxes forked
@@ -14,7 +19,8 @@ images).
 """
 
 from minicoder.sandbox.base import ExecResult, Limits, Sandbox, SandboxError
-from minicoder.sandbox.reward import Reward, TestRun, evaluate, run_tests
+from minicoder.sandbox.reward import Reward, TestRun, evaluate, evaluate_many, run_tests
 from minicoder.sandbox.status import Status
 
-__all__ = ["ExecResult", "Limits", "Reward", "Sandbox", "SandboxError", "Status", "TestRun", "evaluate", "run_tests"]
+__all__ = ["ExecResult", "Limits", "Reward", "Sandbox", "SandboxError", "Status", "TestRun", "evaluate",
+           "evaluate_many", "run_tests"]
