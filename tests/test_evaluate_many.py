@@ -70,8 +70,8 @@ def test_same_rewards_as_one_evaluate_each(task, backend, used_uids):
     wrong = make_diff(BASE_FILES, {"calc/ops.py": OPS.replace("sum(xs) // len(xs)", "0")})
     patches = [task.patch, "", wrong, attacks["conftest"].patch, attacks["shadow_pytest"].patch,
                attacks["os_exit_import"].patch, attacks["fork_bomb"].patch, attacks["not_a_diff"].patch]
-    batch = evaluate_many(task, patches, backend=backend, workers=2, limits=LIMITS, timeout_s=8)
-    alone = [evaluate(task, p, backend=backend, limits=LIMITS, timeout_s=8) for p in patches]
+    batch = evaluate_many(task, patches, backend=backend, workers=2, limits=LIMITS)
+    alone = [evaluate(task, p, backend=backend, limits=LIMITS) for p in patches]
     assert [_key(r) for r in batch] == [_key(r) for r in alone]
     assert [r.status for r in batch] == ["resolved", "unresolved", "unresolved", "unresolved", "unresolved",
                                          "report_mismatch", "resolved", "patch_failed"]
@@ -135,7 +135,7 @@ def test_a_poisoning_candidate_cannot_change_the_others(task, backend, used_uids
     generation = zygote.generation
     #             poison  empty  gold        empty poison  gold        empty gold
     patches = [poison, "", task.patch, "", poison, task.patch, "", task.patch]
-    rs = evaluate_many(task, patches, backend=backend, workers=2, limits=LIMITS, timeout_s=8)
+    rs = evaluate_many(task, patches, backend=backend, workers=2, limits=LIMITS)
     others = [r.reward for p, r in zip(patches, rs, strict=True) if p is not poison]
     assert others == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0], [(r.status, r.message) for r in rs]
     assert rs[0].reward == 0.0 and rs[4].reward == 0.0  # the poison's own bug stays a bug
@@ -240,17 +240,17 @@ def test_hostile_catalogue_through_evaluate_many(task, backend, tmp_path, monkey
     attacks = hostile_patches(str(canary), "MINICODER_CANARY", str(outside))
     names = sorted(attacks)
     # the soak in miniature: each attack followed by an honest candidate; the attacks that can only
-    # end by the timeout get a short one
-    short = {"infinite_loop", "sleep"}
-    rs = []
-    for group, timeout in ((sorted(short), 4.0), ([n for n in names if n not in short], None)):
-        patches = [p for n in group for p in (attacks[n].patch, task.patch)]
-        rs += evaluate_many(task, patches, backend=backend, workers=2, limits=LIMITS, timeout_s=timeout)
-    names = sorted(short) + [n for n in names if n not in short]
-    for i, n in enumerate(names):
-        r = rs[2 * i]
+    # end by the timeout run in a batch of their own with a short one
+    short = sorted({"infinite_loop", "sleep"})
+    longer = [n for n in names if n not in short]
+    rs = evaluate_many(task, [attacks[n].patch for n in short], backend=backend, workers=2, limits=LIMITS,
+                       timeout_s=4.0)
+    mixed = evaluate_many(task, [p for n in longer for p in (attacks[n].patch, task.patch)], backend=backend,
+                          workers=2, limits=LIMITS)
+    rs += mixed[0::2]
+    for n, r in zip(short + longer, rs, strict=True):
         assert r.reward == attacks[n].expect_reward and r.status in attacks[n].expect_status, (n, r.status, r.message)
-    assert [r.reward for r in rs[1::2]] == [1.0] * len(names)
+    assert [r.reward for r in mixed[1::2]] == [1.0] * len(longer)
     assert list(outside.iterdir()) == [] and canary.read_text() == "secret"
     for p in ("/usr/pwned", "/etc/pwned", "/pwned"):
         assert not os.path.exists(p)

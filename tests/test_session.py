@@ -31,6 +31,7 @@ BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
 LIMITS = Limits(memory_mb=256, pids=64, file_size_mb=4, tmp_mb=16, disk_mb=64, timeout_s=20.0)
 FIXED_OPS = OPS.replace("    return sum(xs) // len(xs)\n", FIXED_MEAN)
 ROOT = Path(__file__).resolve().parents[1]
+SHORT = {"infinite_loop", "sleep"}  # attacks that can only end by their timeout: give them a short one
 
 
 @pytest.fixture(scope="module")
@@ -156,11 +157,10 @@ def test_session_whose_sandbox_was_killed_from_outside(task, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_session_limits(task, backend):
-    with open_session(task, backend=backend, limits=LIMITS, session_limits=SessionLimits(wall_s=1.5)) as s:
-        assert s.exec("true").exit_code == 0
-        time.sleep(1.6)
+    with open_session(task, backend=backend, limits=LIMITS, session_limits=SessionLimits(wall_s=1.0)) as s:
+        time.sleep(1.1)  # no command before the deadline: the test cannot depend on the machine's load
         r = s.exec("echo late")
-        assert r.exit_code is None and "wall-time" in r.stderr
+        assert r.exit_code is None and "wall-time" in r.stderr and "late" not in r.stdout
     with open_session(task, backend=backend, limits=LIMITS, session_limits=SessionLimits(cpu_s=0.5)) as s:
         r = s.exec(["python3", "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"])
         assert not s.alive and "CPU limit" in s.reason
@@ -246,7 +246,7 @@ def test_hostile_patches_through_a_session_then_graded(task, backend, tmp_path):
             s.pytest(["-q", "-x", "tests/"], timeout=4)  # the attack's code runs in the session
             uid = getattr(s.sb, "uid", None)
             patch = s.diff() if s.alive else ""
-        r = evaluate(task, patch, backend=backend, limits=LIMITS, timeout_s=4)
+        r = evaluate(task, patch, backend=backend, limits=LIMITS, timeout_s=4 if name in SHORT else None)
         return name, r.reward, r.status, _uid_gone(uid)
 
     with ThreadPoolExecutor(2) as ex:

@@ -202,8 +202,8 @@ class Session:
         self.n_exec += 1
         self.cpu_used_s += res.cpu_s if res.cpu_s is not None else res.duration_s
         if not self.sb.alive:
-            self._end("its sandbox died during the command" if res.exit_code is not None or not res.timed_out
-                      else "a timeout killed its sandbox")
+            self._end("a timeout killed its sandbox" if res.timed_out else "its sandbox died during the command")
+            res.stderr += f"session ended: {self.reason}\n"
         elif self.cpu_used_s > self.session_limits.cpu_s:
             self._end(f"session CPU limit ({self.session_limits.cpu_s:.0f}s) reached")
         elif not getattr(self.sb, "warm", False) and res.disk_exceeded and self._disk_mb() > self.session_limits.disk_mb:

@@ -7,7 +7,7 @@ bubblewrap sandbox for `local`, a container for `docker`), imports pytest and th
 modules, and then serves requests from the host, forking for each a child that enters namespaces of
 its own (the zygote pattern of Android and Chromium). It never imports minicoder (the sandbox's Python
 has only the standard library and the task's packages): the host reads this file's source and runs it
-with `python3 -I -c SOURCE CONFIG`; `warm.py` is its host side.
+with `python3 -I -c SOURCE CONFIG`; `zygotes.py` and `warm.py` are its host side.
 
 Per sandbox ("open" request), three processes:
     zygote --fork--> A: unshare(mount, pid, net, ipc, uts, cgroup namespaces); fork; exit
