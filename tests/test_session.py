@@ -162,7 +162,8 @@ def test_session_limits(task, backend):
         r = s.exec("echo late")
         assert r.exit_code is None and "wall-time" in r.stderr and "late" not in r.stdout
     with open_session(task, backend=backend, limits=LIMITS, session_limits=SessionLimits(cpu_s=0.5)) as s:
-        r = s.exec(["python3", "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"])
+        r = s.exec(["python3", "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"],
+                   timeout=300)  # a long wall timeout: the CPU budget must end it, however loaded the machine
         assert not s.alive and "CPU limit" in s.reason
     if backend == "local" and os.geteuid() == 0:  # warm: the workspace is a tmpfs of disk_mb
         with open_session(task, backend=backend, limits=LIMITS, session_limits=SessionLimits(disk_mb=8)) as s:
