@@ -51,6 +51,7 @@ from typing import Any
 
 from minicoder.sandbox.base import REPORT_DIR, ExecResult, Limits, Sandbox, SandboxError
 from minicoder.sandbox.junit import ReportError, parse_junit
+from minicoder.sandbox.languages import language_of, protect_language
 from minicoder.sandbox.patching import decode_patch, patch_files, protect
 from minicoder.tasks.schema import Task
 
@@ -167,7 +168,9 @@ def runner_argv(task: Task, test_ids: list[str], report_path: str) -> list[str]:
 
 def default_test_ids(task: Task) -> list[str]:
     """What run_tests runs with no ids: the test files of the test_patch, else the whole suite."""
-    files = [f for f in patch_files(task.test_patch) if f.endswith(".py")] if task.test_patch.strip() else []
+    lang = language_of(task)
+    keep = (lambda f: f.endswith(".py")) if lang.name == "python" else lang.is_test
+    files = [f for f in patch_files(task.test_patch) if keep(f)] if task.test_patch.strip() else []
     return files
 
 
@@ -258,8 +261,14 @@ def run_tests(task: Task, patch: str | bytes | None, test_ids: list[str] | None 
     t0 = time.perf_counter()
     limits = (limits or Limits(timeout_s=task.environment.timeout_s)).with_timeout(timeout_s)
     ids = list(test_ids) if test_ids is not None else default_test_ids(task)
-    argv_check = pytest_args(task)  # fail early and clearly on a non-pytest command
-    del argv_check
+    lang = language_of(task)  # JavaScript, Go, Rust: lang_runners.py; Python: the pytest runner here
+    if lang.name == "python":
+        argv_check = pytest_args(task)  # fail early and clearly on a non-pytest command
+        del argv_check
+    else:
+        from minicoder.sandbox.lang_runners import check_test_cmd, run_language_tests
+
+        check_test_cmd(lang, task)
     tr = TestRun(status="error", test_ids=ids, backend=backend if isinstance(backend, str) else backend.backend)
     text, why = decode_patch(patch)
     if text is None:
@@ -276,8 +285,11 @@ def run_tests(task: Task, patch: str | bytes | None, test_ids: list[str] | None 
                 tr.status, tr.message = "patch_failed", pr.message
                 return tr
             try:
-                tr.dropped = protect(sb.workspace, pr.changed, task.test_patch,
-                                     task.FAIL_TO_PASS + task.PASS_TO_PASS + ids)
+                if lang.name == "python":
+                    tr.dropped = protect(sb.workspace, pr.changed, task.test_patch,
+                                         task.FAIL_TO_PASS + task.PASS_TO_PASS + ids)
+                else:
+                    tr.dropped = protect_language(sb.workspace, pr.changed, task.test_patch, lang)
             except RuntimeError as e:
                 tr.status, tr.message = "error", str(e)
                 return tr
@@ -288,6 +300,9 @@ def run_tests(task: Task, patch: str | bytes | None, test_ids: list[str] | None 
                     tr.exec = res
                     tr.status, tr.message = "setup_failed", f"setup command {cmd!r}: {res.summary()}"
                     return tr
+            if lang.name != "python":
+                run_language_tests(sb, task, lang, ids, limits, tr)
+                return tr
             name = secrets.token_hex(16) + ".xml"
             res = sb.run(runner_argv(task, ids, f"{REPORT_DIR}/{name}"), timeout_s=limits.timeout_s)
             tr.exec = res
