@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo    set up (first time) and run the end-to-end toy pipeline"
 	@echo "make test    set up (first time) and run every test (ruff, unit, notebooks; Docker in CI)"
-	@echo "make docker  start a Docker engine if none answers and build the base task image"
+	@echo "make docker  start a Docker engine if none answers and build the task images (Python, JS, Go, Rust)"
 	@echo "make bench   run the CPU benchmarks (bench/*.py), results in bench/results/"
 
 setup:
@@ -30,6 +30,7 @@ test: setup
 docker: setup
 	@bash envs/docker_engine.sh
 	$(PY) -m minicoder.sandbox.images base
+	$(PY) -m minicoder.sandbox.lang_images all
 
 docker-image: docker
 

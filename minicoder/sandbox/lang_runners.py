@@ -98,6 +98,20 @@ rows.on('end', () => { fs.writeSync(fd, JSON.stringify({ type: 'minicoder.end' }
 """
 
 
+# Loaded (`node -r`) before any test file: freezes node's assertion and test modules, so code under
+# test cannot neuter them (`require('assert').strictEqual = () => {}`). (tape's Test.prototype cannot
+# be frozen: tape assigns bound copies of its methods onto each test, which a frozen prototype forbids.)
+JS_FREEZE = r"""'use strict';
+for (const name of ['assert', 'assert/strict', 'node:test']) {
+  let m;
+  try { m = require(name); } catch (e) { continue; }
+  Object.freeze(m);
+  if (m.strict) Object.freeze(m.strict);
+  if (m.AssertionError) Object.freeze(m.AssertionError.prototype);
+}
+"""
+
+
 @dataclass
 class Unit:
     """One test process: a JavaScript file, a Go package directory, a Rust integration-test file."""
@@ -223,16 +237,40 @@ def _sh(lines: list[str]) -> list[str]:
     return ["/bin/sh", "-c", "\n".join(lines)]
 
 
-def _js_script(units: list[Unit], out: str, preload: str | None) -> list[str]:
+def _js_script(units: list[Unit], out: str, freeze: str, tape: str | None) -> list[str]:
     lines = [f"cd {WORKSPACE}"]
     for i, u in enumerate(units):
         f = shlex.quote(u.key)
         if u.runner == "tape":
-            lines.append(f"MINICODER_TAPE_OUT={out}/{i}.rep node -r {preload} {f}; echo $? > {out}/{i}.rc")
+            lines.append(f"MINICODER_TAPE_OUT={out}/{i}.rep node -r {tape} -r {freeze} {f}; echo $? > {out}/{i}.rc")
         else:
-            lines.append(f"node --test-reporter=tap --test-reporter-destination={out}/{i}.rep {f}; "
+            lines.append(f"node -r {freeze} --test-reporter=tap --test-reporter-destination={out}/{i}.rep {f}; "
                          f"echo $? > {out}/{i}.rc")
     return lines
+
+
+def lock_guarded(ws: Path, lang: Language) -> int:
+    """Make the test and configuration files (and their folders) root-owned and read-only for the run,
+    so code under test cannot rewrite a test file that a later test process loads. Root hosts only
+    (elsewhere the sandbox runs as our own uid); `Sandbox.finalize_workspace` re-owns them after."""
+    if os.geteuid() != 0:
+        return 0
+    n = 0
+    dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(ws):
+        dirnames[:] = [d for d in dirnames if d != ".git"]
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, ws)
+            if lang.guarded(rel) and not os.path.islink(p):
+                os.lchown(p, 0, 0)
+                os.chmod(p, 0o444)
+                dirs.add(dirpath)
+                n += 1
+    for d in dirs:
+        os.lchown(d, 0, 0)
+        os.chmod(d, 0o755)
+    return n
 
 
 def _go_regex(names: list[str]) -> str:
@@ -254,8 +292,13 @@ def run_language_tests(sb, task, lang: Language, ids: list[str], limits, tr) -> 
     built: dict[int, str] = {}  # unit index -> the executable to run (go, rust)
     build_msg: dict[int, str] = {}
     if lang.name == "javascript":
-        preload = _helper(helpers, "tape_preload.js", TAPE_PRELOAD) if any(u.runner == "tape" for u in units) else None
-        res = sb.run(_sh(_js_script(units, o, preload)), timeout_s=limits.timeout_s, env=env)
+        tape = _helper(helpers, "tape_preload.js", TAPE_PRELOAD) if any(u.runner == "tape" for u in units) else None
+        freeze = _helper(helpers, "freeze.js", JS_FREEZE)
+        lock_guarded(ws, lang)
+        try:
+            res = sb.run(_sh(_js_script(units, o, freeze, tape)), timeout_s=limits.timeout_s, env=env)
+        finally:
+            sb.finalize_workspace()
     else:
         token = secrets.token_hex(16)
         lines = [f"cd {WORKSPACE}", f"mkdir -p {o}/bin"]
