@@ -23,8 +23,15 @@ the library); in Go it is `init()`; in JavaScript, module top level.
 from __future__ import annotations
 
 from minicoder.sandbox.examples import HostilePatch
-from minicoder.sandbox.lang_examples import DEMOS, GO_MEAN_BUGGY, GO_MEAN_FIXED, JS_MEAN_BUGGY, JS_MEAN_FIXED, \
-    RUST_MEAN_BUGGY, RUST_MEAN_FIXED
+from minicoder.sandbox.lang_examples import (
+    DEMOS,
+    GO_MEAN_BUGGY,
+    GO_MEAN_FIXED,
+    JS_MEAN_BUGGY,
+    JS_MEAN_FIXED,
+    RUST_MEAN_BUGGY,
+    RUST_MEAN_FIXED,
+)
 from minicoder.sandbox.patching import make_diff
 
 

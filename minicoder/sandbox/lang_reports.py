@@ -126,13 +126,13 @@ def parse_tape_rows(data: bytes, file: str) -> tuple[dict[str, CaseResult], bool
         elif kind == "test" and isinstance(row.get("id"), int):
             names[row["id"]] = str(row.get("name", ""))
             verdict[row["id"]] = ("skipped", "") if row.get("skip") else ("passed", "")
-        elif kind == "assert" and isinstance(row.get("test"), int) and row["test"] in verdict:
-            if not row.get("ok") and not row.get("todo") and not row.get("skip"):
-                msg = str(row.get("name", ""))
-                if "expected" in row or "actual" in row:
-                    msg += f": expected {row.get('expected')!r}, got {row.get('actual')!r}"
-                if verdict[row["test"]][0] != "failed":
-                    verdict[row["test"]] = ("failed", msg)
+        elif (kind == "assert" and isinstance(row.get("test"), int) and row["test"] in verdict
+              and not row.get("ok") and not row.get("todo") and not row.get("skip")):
+            msg = str(row.get("name", ""))
+            if "expected" in row or "actual" in row:
+                msg += f": expected {row.get('expected')!r}, got {row.get('actual')!r}"
+            if verdict[row["test"]][0] != "failed":
+                verdict[row["test"]] = ("failed", msg)
     for tid, name in names.items():
         outcome, msg = verdict[tid]
         _put(out, f"{file}::{name}", outcome, msg)
