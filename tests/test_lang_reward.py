@@ -49,8 +49,8 @@ def test_default_selection_runs_every_test_of_the_test_patch(language):
 
 def test_a_compile_error_is_a_failure_not_a_crash():
     """A patch that does not compile: every requested test counts as failed, the message says why."""
+    from minicoder.gitdiff import make_diff
     from minicoder.sandbox.lang_examples import DEMOS
-    from minicoder.sandbox.patching import make_diff
 
     for language, path, junk in (("go", "mathx/mathx.go", "func Mean("), ("rust", "src/lib.rs", "pub fn mean(")):
         task = demo_task(language)

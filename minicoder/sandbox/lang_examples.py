@@ -9,9 +9,9 @@ use them.
 
 from __future__ import annotations
 
+from minicoder.gitdiff import make_diff
+from minicoder.record import Environment, Task
 from minicoder.sandbox.languages import LANGUAGES
-from minicoder.sandbox.patching import make_diff
-from minicoder.tasks.schema import Environment, Task
 
 # --- JavaScript (node:test; a tape variant for the tape runner) ----------------------------------
 JS_MEAN_BUGGY = "  return Math.floor(sum / xs.length);\n"

@@ -22,6 +22,7 @@ the library); in Go it is `init()`; in JavaScript, module top level.
 
 from __future__ import annotations
 
+from minicoder.gitdiff import make_diff
 from minicoder.sandbox.examples import HostilePatch
 from minicoder.sandbox.lang_examples import (
     DEMOS,
@@ -32,7 +33,6 @@ from minicoder.sandbox.lang_examples import (
     RUST_MEAN_BUGGY,
     RUST_MEAN_FIXED,
 )
-from minicoder.sandbox.patching import make_diff
 
 
 def _diff(language: str, files: dict[str, str | None]) -> str:

@@ -1,7 +1,7 @@
 """Docker images for the non-Python languages: the base task image + a Debian toolchain, one per language.
 
     language_image(client, "go")        # -> "minicoder/go:1.19", built when missing or out of date
-    python -m minicoder.sandbox.lang_images all       # what `make docker` runs (the three, in parallel)
+    minicoder images languages          # what `make docker` runs (the three, in parallel)
 
 Each image is `envs/lang/Dockerfile` built FROM the base image (`minicoder/python:3.11`, see
 images.py) with one apt-get step installing `PACKAGES` (table below) from Debian bookworm. The
@@ -37,7 +37,7 @@ _locks: dict[str, threading.Lock] = {name: threading.Lock() for name in PACKAGES
 
 
 def recipe(client, language: str) -> str:
-    base_id = client.images.get(images.BASE_TAG).id
+    base_id = client.images.get(images.DEFAULT_IMAGE).id
     return images.content_hash(RECIPE_DIR, PACKAGES[language][0], base_id)
 
 
@@ -62,9 +62,9 @@ def language_image(client, language: str, rebuild: bool = False, log: images.Log
                 images.RECIPE_LABEL) == want:
             return tag
         old = client.images.get(tag).id if images.image_exists(client, tag) else None
-        log(f"building {tag} FROM {images.BASE_TAG} + Debian {PACKAGES[language][0]} (envs/lang/Dockerfile)")
+        log(f"building {tag} FROM {images.DEFAULT_IMAGE} + Debian {PACKAGES[language][0]} (envs/lang/Dockerfile)")
         t0 = time.perf_counter()
-        images.build_from_dockerfile(client, tag, context=RECIPE_DIR, buildargs={"BASE": images.BASE_TAG,
+        images.build_from_dockerfile(client, tag, context=RECIPE_DIR, buildargs={"BASE": images.DEFAULT_IMAGE,
                                      "PACKAGES": PACKAGES[language][0]},
                                      labels={images.RECIPE_LABEL: want, "minicoder.language": language}, rebuild=True)
         log(f"built {tag} in {time.perf_counter() - t0:.1f}s; checking it")
@@ -89,7 +89,7 @@ def ensure_for_task(task) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m minicoder.sandbox.lang_images",
+    ap = argparse.ArgumentParser(prog="minicoder images languages",
                                  description="Build the JavaScript, Go and Rust task images (Debian toolchains).")
     ap.add_argument("languages", nargs="*", default=["all"], help=f"'all' or some of {', '.join(PACKAGES)}")
     ap.add_argument("--rebuild", action="store_true", help="rebuild even when up to date")

@@ -51,6 +51,7 @@ from minicoder.sandbox.base import REPORT_DIR, WORKSPACE, ExecResult
 from minicoder.sandbox.junit import CaseResult, ReportError
 from minicoder.sandbox.lang_reports import parse_go_json, parse_libtest_log, parse_node_tap, parse_tape_rows
 from minicoder.sandbox.languages import Language
+from minicoder.sandbox.status import Status
 
 SENTINEL = "TestMinicoderSentinel"
 # Added to each Go package under test through `-overlay` (never written into the workspace).
@@ -284,7 +285,7 @@ def run_language_tests(sb, task, lang: Language, ids: list[str], limits, tr) -> 
     selectors = ids or default_units(lang, ws)
     units = plan_units(lang, selectors, ws, task.environment.test_cmd)
     if not units:
-        tr.status, tr.message = "no_tests", "no test files to run"
+        tr.status, tr.message = Status.NO_TESTS, "no test files to run"
         return
     out, helpers, name = _dirs(sb)
     o = f"{REPORT_DIR}/{name}"
@@ -385,13 +386,13 @@ def _rust_executables(out: Path) -> dict[str, str]:
 def _judge_units(tr, res: ExecResult, reports: dict[int, tuple[int | None, bytes | None, str]],
                  units: list[Unit], lang: Language, markers: set[int] | None = None) -> None:
     if res.timed_out:
-        tr.status, tr.message = "timeout", f"tests did not finish within {res.duration_s:.1f}s"
+        tr.status, tr.message = Status.TIMEOUT, f"tests did not finish within {res.duration_s:.1f}s"
         return
     if res.oom_killed:
-        tr.status, tr.message = "oom", "killed by the out-of-memory killer"
+        tr.status, tr.message = Status.OOM, "killed by the out-of-memory killer"
         return
     if res.disk_exceeded:
-        tr.status, tr.message = "disk_limit", "the workspace grew past its disk quota"
+        tr.status, tr.message = Status.DISK_LIMIT, "the workspace grew past its disk quota"
         return
     outcomes: dict[str, CaseResult] = {}
     problems: list[str] = []
@@ -429,13 +430,13 @@ def _judge_units(tr, res: ExecResult, reports: dict[int, tuple[int | None, bytes
     tr.outcomes = {k: v.outcome for k, v in outcomes.items()}
     tr.messages = {k: v.message for k, v in outcomes.items() if v.message}
     if problems:
-        tr.status, tr.message = "report_mismatch", "; ".join(problems)[:1000]
+        tr.status, tr.message = Status.REPORT_MISMATCH, "; ".join(problems)[:1000]
     elif not outcomes:
         if build_failures:
-            tr.status, tr.message = "no_report", "; ".join(build_failures)[:1000]
+            tr.status, tr.message = Status.NO_REPORT, "; ".join(build_failures)[:1000]
         else:
-            tr.status, tr.message = "no_tests", f"the reports hold no test cases ({res.summary()})"
+            tr.status, tr.message = Status.NO_TESTS, f"the reports hold no test cases ({res.summary()})"
     else:
-        tr.status = "ok"
+        tr.status = Status.OK
         if build_failures:
             tr.message = "; ".join(build_failures)[:1000]

@@ -155,7 +155,8 @@ def protect_language(ws, changed: list[str], test_patch: str, lang: Language) ->
     """The non-Python counterpart of `patching.protect`: undo the candidate's changes to the
     language's test files and protected configuration (and to the files of the test_patch), then
     apply the test_patch fresh. Returns the paths whose changes were dropped."""
-    from minicoder.sandbox.patching import patch_files, protect, restore_path
+    from minicoder.gitdiff import patch_files
+    from minicoder.sandbox.patching import protect, restore_path
 
     test_files = set(patch_files(test_patch)) if test_patch.strip() else set()
     dropped = []

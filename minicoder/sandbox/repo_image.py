@@ -21,8 +21,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+from minicoder.gitdiff import materialize_repo
+from minicoder.record import Task
 from minicoder.sandbox.base import SandboxError
-from minicoder.tasks.schema import Task, materialize_repo
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "envs" / "repo" / "Dockerfile.template"
 _lock = threading.Lock()
