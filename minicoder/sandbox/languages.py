@@ -166,3 +166,22 @@ def protect_language(ws, changed: list[str], test_patch: str, lang: Language) ->
             dropped.append(rel)
     protect(ws, [], test_patch, [])  # applies the test_patch (and drops stray bytecode)
     return dropped
+
+
+def test_cmd_for(name: str, package_json: str | None = None) -> str:
+    """The Environment.test_cmd for a repository of language `name`. JavaScript: `tape ...` when its
+    package.json runs or depends on tape, else node's built-in runner."""
+    if name == "javascript" and package_json:
+        import json
+
+        try:
+            meta = json.loads(package_json)
+        except ValueError:
+            meta = {}
+        if isinstance(meta, dict):
+            script = str((meta.get("scripts") or {}).get("test", "")) if isinstance(meta.get("scripts"), dict) else ""
+            deps = {**(meta.get("devDependencies") or {}), **(meta.get("dependencies") or {})} \
+                if isinstance(meta.get("devDependencies") or {}, dict) else {}
+            if re.search(r"\btape\b", script) or "tape" in deps:
+                return "tape test/*.js"
+    return LANGUAGES[name].test_cmd
