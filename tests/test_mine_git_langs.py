@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from minicoder.tasks.mine_git import mine
+from minicoder.tasks.mine_git import LANGUAGES, mine
 
 ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
        "GIT_COMMITTER_EMAIL": "t@x", "GIT_CONFIG_NOSYSTEM": "1"}
@@ -89,8 +89,8 @@ def test_mining_yields_exactly_the_fix_commit(language, tmp_path):
     assert kept == ["fix"], {label: outcomes[sha].reason for label, sha in shas.items()}
     task = outcomes[shas["fix"]].task
     f2p, p2p = HISTORIES[language][2]
-    assert (task.FAIL_TO_PASS, task.PASS_TO_PASS) == (f2p, p2p)
-    assert task.language == language and task.environment.image.startswith(f"minicoder/{'node' if language == 'javascript' else language}")
+    assert f2p == task.FAIL_TO_PASS and p2p == task.PASS_TO_PASS
+    assert task.language == language and task.environment.image == LANGUAGES[language].image
     assert task.problem_statement.startswith("sign(0) returned -1")
     assert f2p[0] in task.problem_statement
     assert HISTORIES[language][1][4] not in task.problem_statement  # never the fix
