@@ -63,7 +63,7 @@ import (
 )
 
 func {name}(t *testing.T) {{
-\tif err := os.WriteFile({marker}, []byte("ok"), 0o644); err != nil {{
+\tif err := os.WriteFile({marker}, []byte("ok"), 0644); err != nil {{
 \t\tt.Fatal(err)
 \t}}
 }}
@@ -150,6 +150,8 @@ def plan_units(lang: Language, ids: list[str], ws: Path, test_cmd: str) -> list[
     whole: set[str] = set()
     for tid in ids:
         path, _, name = tid.partition("::")
+        if lang.name == "rust" and not name and not _rust_target_file(path):
+            continue  # a helper module beside the tests (tests/util/mod.rs), not a test target
         if lang.name == "go":
             key = path if name else (str(PurePosixPath(path).parent) if path.endswith(".go") else path)
             key = key or "."
@@ -173,7 +175,7 @@ def default_units(lang: Language, ws: Path) -> list[str]:
         dirnames[:] = [d for d in dirnames if d not in (".git", "node_modules", "target", "vendor", "testdata")]
         for n in filenames:
             rel = os.path.relpath(os.path.join(dirpath, n), ws)
-            if lang.is_test(rel) and (lang.name != "rust" or rel.count("/") == 1 or rel.endswith("/main.rs")):
+            if lang.is_test(rel) and (lang.name != "rust" or _rust_target_file(rel)):
                 out.append(rel)
     return sorted(out)
 
@@ -358,6 +360,12 @@ def run_language_tests(sb, task, lang: Language, ids: list[str], limits, tr) -> 
             reports[i] = (_rc(out / f"{i}.rc"), _read(out / f"{i}.rep"), "")
     markers = {i for i in range(len(units)) if lang.name == "go" and (out / f"{token}.{i}").is_file()}
     _judge_units(tr, res, reports, units, lang, markers)
+
+
+def _rust_target_file(path: str) -> bool:
+    """tests/NAME.rs or tests/NAME/main.rs: the files Cargo makes integration-test targets of."""
+    p = PurePosixPath(path)
+    return (len(p.parts) == 2 or (len(p.parts) == 3 and p.name == "main.rs")) and p.suffix == ".rs"
 
 
 def _rust_target(path: str) -> str:

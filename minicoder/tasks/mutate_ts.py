@@ -25,6 +25,9 @@ compiler's catch, not a bug to hunt.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,7 +66,7 @@ class Grammar:
     skip: tuple[str, ...] = ()  # subtrees never mutated
     ranges: tuple[str, ...] = ()  # Rust `a..b`
     slices: tuple[str, ...] = ()  # Go `a[i:j]` (fields start / end)
-    functions: tuple[str, ...] = ()  # nodes naming a function (for QA and statements)
+    functions: tuple[tuple[str, str], ...] = ()  # (node, field naming it) of function-like definitions
 
 
 GRAMMARS: dict[str, Grammar] = {
@@ -76,7 +79,8 @@ GRAMMARS: dict[str, Grammar] = {
                     ("do_statement", "condition"), ("ternary_expression", "condition"), ("for_statement", "condition")),
         loops=(("for_statement", "condition"),), numbers=("number",), booleans=("true", "false"),
         strings=("string",), skip=("import_statement", "comment", "regex", "template_string"),
-        functions=("function_declaration", "method_definition", "generator_function_declaration")),
+        functions=(("function_declaration", "name"), ("function_expression", "name"), ("method_definition", "name"),
+                   ("generator_function_declaration", "name"), ("pair", "key"), ("variable_declarator", "name"))),
     "go": Grammar(
         "tree_sitter_go", augmented=("assignment_statement",), index=(("index_expression", "index"),),
         blocks=("statement_list",),
@@ -85,7 +89,7 @@ GRAMMARS: dict[str, Grammar] = {
         conditions=(("if_statement", "condition"), ("for_clause", "condition"), ("for_statement", "")),
         loops=(("for_clause", "condition"),), numbers=("int_literal", "float_literal"), booleans=("true", "false"),
         strings=("interpreted_string_literal",), skip=("import_declaration", "comment", "raw_string_literal"),
-        slices=("slice_expression",), functions=("function_declaration", "method_declaration")),
+        slices=("slice_expression",), functions=(("function_declaration", "name"), ("method_declaration", "name"))),
     "rust": Grammar(
         "tree_sitter_rust", augmented=("compound_assignment_expr",), index=(("index_expression", ""),),
         blocks=("block",), statements=("expression_statement",),
@@ -93,7 +97,7 @@ GRAMMARS: dict[str, Grammar] = {
         numbers=("integer_literal", "float_literal"), booleans=("boolean_literal",), strings=("string_literal",),
         skip=("attribute_item", "inner_attribute_item", "macro_invocation", "use_declaration", "line_comment",
               "block_comment", "macro_definition", "let_condition"),
-        ranges=("range_expression",), functions=("function_item",)),
+        ranges=("range_expression",), functions=(("function_item", "name"),)),
 }
 
 
@@ -378,13 +382,58 @@ def enclosing_functions(language: str, source: str, lines: set[int]) -> set[str]
     g = GRAMMARS.get(language)
     if g is None or not lines:
         return set()
+    kinds = dict(g.functions)
     out = set()
     stack = [parser(language).parse(source.encode()).root_node]
     while stack:
         node = stack.pop()
-        if node.type in g.functions and any(node.start_point[0] + 1 <= ln <= node.end_point[0] + 1 for ln in lines):
-            nm = node.child_by_field_name("name")
-            if nm is not None:
-                out.add(nm.text.decode(errors="replace"))
+        if node.type in kinds and any(node.start_point[0] + 1 <= ln <= node.end_point[0] + 1 for ln in lines):
+            nm = node.child_by_field_name(kinds[node.type])
+            if nm is not None and nm.type in ("identifier", "property_identifier", "field_identifier", "string"):
+                out.add(nm.text.decode(errors="replace").strip("'\""))
         stack.extend(node.named_children)
     return out
+
+
+_REQUIRE = re.compile(r"""(?:require\(\s*|from\s+|import\s+)['"]([^'"]+)['"]""")
+
+
+def touches_change(task: Task) -> bool:
+    """QA's "do the hidden tests name the changed code?" for JavaScript, Go and Rust: a test names a
+    function around a changed line, or loads the changed file itself (JavaScript: a `require` /
+    `import` that resolves to it; Go: a test file of the changed file's package; Rust: an integration
+    test that uses the crate whose `src/` holds it)."""
+    from minicoder.gitdiff import parse_patch
+
+    files = task.environment.files or {}
+    tests = {fp.path: "\n".join(fp.added) for fp in parse_patch(task.test_patch)}
+    text = "\n".join(tests.values())
+    tokens = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+    main = "index.js"
+    if task.language == "javascript" and "package.json" in files:
+        with contextlib.suppress(ValueError, AttributeError):
+            main = posixpath.normpath(json.loads(files["package.json"]).get("main") or "index.js")
+    crate = ""
+    if task.language == "rust":
+        m = re.search(r'^name\s*=\s*"([^"]+)"', files.get("Cargo.toml", ""), re.M)
+        crate = m.group(1).replace("-", "_") if m else ""
+    for fp in parse_patch(task.patch):
+        src = files.get(fp.path, "")
+        removed = set(fp.removed)
+        touched = {i + 1 for i, ln in enumerate(src.splitlines()) if ln in removed}
+        if enclosing_functions(task.language, src, touched) & tokens:
+            return True
+        if task.language == "go" and any(posixpath.dirname(t) == posixpath.dirname(fp.path) for t in tests):
+            return True
+        if task.language == "rust" and fp.path.startswith("src/") and crate and crate in tokens:
+            return True
+        if task.language == "javascript":
+            for t, body in tests.items():
+                for spec in _REQUIRE.findall(body):
+                    if not spec.startswith("."):
+                        continue
+                    base = posixpath.normpath(posixpath.join(posixpath.dirname(t), spec))
+                    if fp.path in (base, base + ".js", posixpath.join(base, "index.js")) or (
+                            base in (".", "") and fp.path == main) or posixpath.join(base, main) == fp.path:
+                        return True
+    return False

@@ -144,6 +144,10 @@ def test_text(task: Task) -> str:
 
 
 def touches_change(task: Task) -> bool:
+    if task.language != "python":  # JavaScript, Go, Rust: imports and functions found with tree-sitter
+        from minicoder.tasks.mutate_ts import touches_change as lang_touches_change
+
+        return lang_touches_change(task)
     modules, names = changed_names(task)
     text = test_text(task)
     if not text.strip():
