@@ -15,8 +15,8 @@ when the package predates modules, a `Cargo.lock` (and an optional dependency th
 removed from Cargo.toml, so Cargo can resolve offline). Nothing in the code or tests changes.
 
 Each language's set is `pipeline.synth_mutate` over its subjects (tree-sitter operators,
-`mutate_ts`), validated (gold passes and the empty patch fails in two runs each, flaky tests
-dropped) and QA'd; the ledger makes a rerun resume, the report says per language: candidates,
+`mutate_ts`), validated (the gold patch passes and the empty patch fails, as observed in the
+sandbox; `--repeats 2` runs each twice and drops flaky tests) and QA'd; the ledger makes a rerun resume, the report says per language: candidates,
 validated, dropped with reasons, tasks per minute. Downloads are cached under
 ``$MINICODER_CACHE/lang-sources`` (default ~/.cache/minicoder).
 """
@@ -46,6 +46,7 @@ class Source:
     spec: str  # npm spec (name@version) or Debian package name
     path: str = ""  # deb: the project folder inside the package (import path, or crate-version)
     exclude: tuple[str, ...] = ()  # files never mutated (helpers that live beside the tests)
+    drop_tests: tuple[str, ...] = ()  # test entry points that only re-run the other test files
 
     @property
     def name(self) -> str:
@@ -53,7 +54,7 @@ class Source:
 
 
 SOURCES: dict[str, list[Source]] = {
-    "javascript": [Source("javascript", "npm", "path-browserify@1.0.1"),
+    "javascript": [Source("javascript", "npm", "path-browserify@1.0.1", drop_tests=("test/index.js",)),
                    Source("javascript", "npm", "minimist@1.2.8")],
     "go": [Source("go", "deb", "golang-github-huandu-xstrings-dev", "github.com/huandu/xstrings"),
            Source("go", "deb", "golang-github-hashicorp-go-version-dev", "github.com/hashicorp/go-version"),
@@ -125,6 +126,8 @@ def subjects(language: str) -> list[LangSubject]:
     out = []
     for src in SOURCES[language]:
         s = lang_repo_subject(fetch(src), language, name=src.name, exclude=src.exclude)
+        for t in src.drop_tests:  # an aggregator (`require`s every other test file): running it runs all twice
+            s.files[t] = s.tests.pop(t)
         s.repo = src.path or src.spec
         s.metadata.update({"registry": "npm" if src.kind == "npm" else "debian", "package": src.spec})
         out.append(s)
@@ -132,13 +135,13 @@ def subjects(language: str) -> list[LangSubject]:
 
 
 def build_set(language: str, out: Path | None = None, *, per_subject: int | None = None, workers: int = 2,
-              backend: str = "local", progress: bool = True):
+              backend: str = "local", progress: bool = True, repeats: int = 1):
     """Mutate, execute, validate and QA one language's subjects into `out` (resumable)."""
     from minicoder.tasks.pipeline import synth_mutate
 
     out = out or DATA / f"{language}_tasks.jsonl"
     return synth_mutate(subjects(language), out, per_subject=per_subject or PER_SUBJECT[language], combine=1,
-                        seed=0, validate=True, backend=backend, workers=workers, progress=progress,
+                        seed=0, validate=True, backend=backend, workers=workers, progress=progress, repeats=repeats,
                         command=f"lang_sets {language}")
 
 
@@ -148,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=DATA, help="where the <language>_tasks.jsonl files go")
     ap.add_argument("--per-subject", type=int, default=None, help="mutants tried per project")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1, help="validation runs of the gold and empty patch (default 1:"
+                    " the mutation stage's runs; 2 doubles the sandbox time and catches flaky tests)")
     ap.add_argument("--backend", choices=("local", "docker"), default="local")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if lang not in SOURCES:
             ap.error(f"unknown language {lang!r}; choose from {', '.join(SOURCES)}")
         s = build_set(lang, args.out_dir / f"{lang}_tasks.jsonl", per_subject=args.per_subject,
-                      workers=args.workers, backend=args.backend, progress=not args.no_progress)
+                      workers=args.workers, backend=args.backend, progress=not args.no_progress, repeats=args.repeats)
         print(f"== {lang}\n{s.table()}")
     return 0
 
