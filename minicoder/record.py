@@ -97,12 +97,7 @@ class Task:
     @classmethod
     def from_dict(cls, d: Any, where: str = "task") -> Task:
         """Build a Task from a dict, checking every field; errors name `where` and the field."""
-        if not isinstance(d, dict):
-            raise TaskFormatError(f"{where}: expected a JSON object, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise TaskFormatError(f"{where}: unknown field(s) {unknown}")
+        _check_object(d, cls, where)
         required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
                     and f.default_factory is dataclasses.MISSING]
         for name in required:
@@ -150,15 +145,19 @@ class Task:
             raise TaskFormatError(f"{where}: field 'base_commit' is required when the environment names a repo_path")
 
 
+def _check_object(d: Any, cls: type, where: str) -> None:
+    """`d` is a dict whose keys are all fields of the dataclass `cls`; else TaskFormatError."""
+    if not isinstance(d, dict):
+        raise TaskFormatError(f"{where}: expected {'a JSON object' if cls is Task else 'an object'}, got {type(d).__name__}")
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise TaskFormatError(f"{where}: unknown field(s) {unknown}")
+
+
 def _environment_from(v: Any, where: str) -> Environment:
     if isinstance(v, Environment):
         return v
-    if not isinstance(v, dict):
-        raise TaskFormatError(f"{where}: field 'environment': expected an object, got {type(v).__name__}")
-    names = {f.name for f in dataclasses.fields(Environment)}
-    unknown = sorted(set(v) - names)
-    if unknown:
-        raise TaskFormatError(f"{where}: field 'environment': unknown field(s) {unknown}")
+    _check_object(v, Environment, f"{where}: field 'environment'")
     files = v.get("files")
     if files is not None and (not isinstance(files, dict)
                               or not all(isinstance(a, str) and isinstance(b, str) for a, b in files.items())):
