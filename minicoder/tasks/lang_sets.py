@@ -145,6 +145,20 @@ def build_set(language: str, out: Path | None = None, *, per_subject: int | None
                         command=f"lang_sets {language}")
 
 
+def finish_from_ledger(language: str, out: Path | None = None, workers: int = 2):
+    """Write the set and its report from what the ledger holds, running nothing more (for a run that
+    was stopped). Candidates per minute are estimated from the ledger's per-candidate seconds."""
+    from minicoder.tasks.pipeline import Ledger, _finish
+
+    out = out or DATA / f"{language}_tasks.jsonl"
+    ledger = Ledger(str(out) + ".ledger.jsonl")
+    recs = ledger.candidates()
+    busy = sum(r.get("seconds", 0.0) for r in recs) / max(workers, 1)
+    s = _finish(f"lang_sets {language} (from the ledger)", out, ledger, len(recs), busy,
+                sum(r.get("runs", 0) for r in recs), None, True, ["execute", "validate"])
+    return s
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m minicoder.tasks.lang_sets", description=__doc__.split("\n\n")[0])
     ap.add_argument("languages", nargs="*", default=["all"], help="'all' or some of javascript, go, rust")
@@ -155,11 +169,16 @@ def main(argv: list[str] | None = None) -> int:
                     " the mutation stage's runs; 2 doubles the sandbox time and catches flaky tests)")
     ap.add_argument("--backend", choices=("local", "docker"), default="local")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--from-ledger", action="store_true",
+                    help="only write the set and report from the ledger (after a stopped run); run nothing")
     args = ap.parse_args(argv)
     names = list(SOURCES) if args.languages in (["all"], []) else args.languages
     for lang in names:
         if lang not in SOURCES:
             ap.error(f"unknown language {lang!r}; choose from {', '.join(SOURCES)}")
+        if args.from_ledger:
+            print(f"== {lang}\n{finish_from_ledger(lang, args.out_dir / f'{lang}_tasks.jsonl', args.workers).table()}")
+            continue
         s = build_set(lang, args.out_dir / f"{lang}_tasks.jsonl", per_subject=args.per_subject,
                       workers=args.workers, backend=args.backend, progress=not args.no_progress, repeats=args.repeats)
         print(f"== {lang}\n{s.table()}")
