@@ -12,8 +12,9 @@ runs them with one shell script in the sandbox, reads the reports back from the 
   go          two steps. First `go test -c -vet=off` per package, with an overlay that adds a
               sentinel test of ours (`TestMinicoderSentinel`, in an external test package) writing
               a marker file whose random name is compiled into it; the overlay and the sentinel
-              source are then deleted by the host. Second the compiled binaries run under
-              `go tool test2json` with `-test.paniconexit0`: test2json's events are the report, the
+              source are then deleted by the host. Second the compiled binaries run (`-test.v
+              -test.paniconexit0`, output to a file) and `go tool test2json` turns that output into
+              events afterwards: test2json's events are the report, the
               marker proves the binary reached its tests (an `os.Exit(0)` in `init` after printing
               fake `--- PASS` lines leaves no marker);
   rust        two steps. `cargo test --offline --no-run` builds the test targets (build scripts and
@@ -244,11 +245,14 @@ def _js_script(units: list[Unit], out: str, freeze: str, tape: str | None) -> li
     lines = [f"cd {WORKSPACE}"]
     for i, u in enumerate(units):
         f = shlex.quote(u.key)
+        # output to a file, not a pipe: a daemon the code under test leaves behind holds that file open,
+        # not a pipe something waits on
         if u.runner == "tape":
-            lines.append(f"MINICODER_TAPE_OUT={out}/{i}.rep node -r {tape} -r {freeze} {f}; echo $? > {out}/{i}.rc")
+            lines.append(f"MINICODER_TAPE_OUT={out}/{i}.rep node -r {tape} -r {freeze} {f} > {out}/{i}.out 2>&1; "
+                         f"echo $? > {out}/{i}.rc; cat {out}/{i}.out")
         else:
-            lines.append(f"node -r {freeze} --test-reporter=tap --test-reporter-destination={out}/{i}.rep {f}; "
-                         f"echo $? > {out}/{i}.rc")
+            lines.append(f"node -r {freeze} --test-reporter=tap --test-reporter-destination={out}/{i}.rep {f} "
+                         f"> {out}/{i}.out 2>&1; echo $? > {out}/{i}.rc; cat {out}/{i}.out")
     return lines
 
 
@@ -335,9 +339,11 @@ def run_language_tests(sb, task, lang: Language, ids: list[str], limits, tr) -> 
                     continue
                 built[i] = f"{o}/bin/{i}.test"
                 run = f"-test.run {shlex.quote(_go_regex(u.names))}" if u.names else ""
-                lines.append(f"cd {WORKSPACE}/{shlex.quote(u.key)} && go tool test2json -p {shlex.quote(u.key)} "
-                             f"{built[i]} -test.v=true -test.paniconexit0 -test.count=1 {run} > {o}/{i}.rep "
-                             f"2> {o}/{i}.err; echo $? > {o}/{i}.rc")
+                # the binary writes to a file that test2json converts afterwards (a daemon left holding
+                # the binary's stdout would keep a pipe to test2json open until the time limit)
+                lines.append(f"cd {WORKSPACE}/{shlex.quote(u.key)} && {built[i]} -test.v=true -test.paniconexit0 "
+                             f"-test.count=1 {run} > {o}/{i}.raw 2>&1; echo $? > {o}/{i}.rc; "
+                             f"go tool test2json -p {shlex.quote(u.key)} < {o}/{i}.raw > {o}/{i}.rep; cat {o}/{i}.raw")
             else:
                 exe = executables.get(_rust_target(u.key))
                 if exe is None:
