@@ -19,8 +19,10 @@ from minicoder.sandbox.lang_hostile import hostile_patches
 from minicoder.sandbox.reward import evaluate
 
 BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
-# Compilers need more room than pytest: 1 GiB, 64 MiB files (test binaries), a 64 MiB /tmp.
-LIMITS = Limits(memory_mb=1024, pids=128, file_size_mb=64, tmp_mb=64, disk_mb=256, timeout_s=90.0)
+# Compilers need more room than pytest: 1 GiB, 64 MiB files (test binaries), a 64 MiB /tmp; a generous
+# time limit, since a Rust build on a loaded 2-core machine can take a minute (attacks that can only
+# end by the time limit get 12 s).
+LIMITS = Limits(memory_mb=1024, pids=128, file_size_mb=64, tmp_mb=64, disk_mb=256, timeout_s=180.0)
 CASES = [(lang, name) for lang in ("javascript", "go", "rust") for name in sorted(hostile_patches(lang))]
 
 
