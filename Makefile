@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo    set up (first time) and run the end-to-end toy pipeline"
 	@echo "make test    set up (first time) and run every test (ruff, unit, notebooks; Docker in CI)"
-	@echo "make docker  start a Docker engine if none answers and build the base task image"
+	@echo "make docker  start a Docker engine if none answers and build the task images (Python, JS, Go, Rust)"
 	@echo "make bench   run the CPU benchmarks (bench/*.py), results in bench/results/"
 	@echo "make lab     student copies of the notebooks in labs/ (solutions removed, checkers kept)"
 	@echo "make site    execute the notebooks and export them to site/*.html (figures and widgets, no CDN)"
@@ -46,6 +46,7 @@ test: setup
 docker: setup
 	@bash envs/docker_engine.sh
 	$(VENV)/bin/minicoder images base
+	$(VENV)/bin/minicoder images languages
 
 docker-image: docker
 

@@ -4,6 +4,7 @@
                    --out results.jsonl
     minicoder cleanup [--dead-only]
     minicoder images base [--rebuild] [--source auto|registry|offline]
+    minicoder images languages [javascript go rust] [--rebuild]
 
 `eval` grades predictions (SWE-bench convention) against tasks in sandboxes.
 
@@ -271,6 +272,16 @@ def add_images_parser(subparsers) -> None:
     b.add_argument("--tag", default=DEFAULT_IMAGE, help=f"image tag (default {DEFAULT_IMAGE})")
     b.add_argument("--no-start", action="store_true", help="do not try to start an engine when none answers")
     b.set_defaults(func=run_images)
+    lg = sub.add_parser("languages", help="make sure the JavaScript, Go and Rust task images exist (Debian toolchains)")
+    lg.add_argument("languages", nargs="*", default=["all"], help="'all' (default) or some of javascript, go, rust")
+    lg.add_argument("--rebuild", action="store_true", help="rebuild even when up to date")
+    lg.set_defaults(func=run_language_images)
+
+
+def run_language_images(args) -> int:
+    from minicoder.sandbox.lang_images import main
+
+    return main([*args.languages, *(["--rebuild"] if args.rebuild else [])])
 
 
 def run_images(args) -> int:

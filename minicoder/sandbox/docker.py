@@ -454,6 +454,10 @@ def image_for(task) -> str:
         from minicoder.sandbox.repo_image import ensure_repo_image
 
         return ensure_repo_image(task)
+    if getattr(task, "language", "python") != "python":  # JavaScript, Go, Rust: built on first use
+        from minicoder.sandbox.lang_images import ensure_for_task
+
+        return ensure_for_task(task)
     return task.environment.image
 
 

@@ -53,6 +53,7 @@ from minicoder.gitdiff import patch_files
 from minicoder.record import PASSING, Task
 from minicoder.sandbox.base import REPORT_DIR, DiskLimitError, ExecResult, Limits, Sandbox, SandboxError
 from minicoder.sandbox.junit import ReportError, parse_junit
+from minicoder.sandbox.languages import language_of, protect_language
 from minicoder.sandbox.patching import decode_patch, protect
 from minicoder.sandbox.status import Status
 
@@ -178,7 +179,9 @@ def runner_argv(task: Task, test_ids: list[str], report_path: str) -> list[str]:
 
 def default_test_ids(task: Task) -> list[str]:
     """What run_tests runs with no ids: the test files of the test_patch, else the whole suite."""
-    files = [f for f in patch_files(task.test_patch) if f.endswith(".py")] if task.test_patch.strip() else []
+    lang = language_of(task)
+    keep = (lambda f: f.endswith(".py")) if lang.name == "python" else lang.is_test
+    files = [f for f in patch_files(task.test_patch) if keep(f)] if task.test_patch.strip() else []
     return files
 
 
@@ -297,8 +300,12 @@ def _tests_in_sandbox(sb: Sandbox, task: Task, text: str, ids: list[str], limits
     if not pr.applied:
         tr.status, tr.message = Status.PATCH_FAILED, pr.message
         return
+    lang = language_of(task)
     try:
-        tr.dropped = protect(sb.workspace, pr.changed, task.test_patch, task.FAIL_TO_PASS + task.PASS_TO_PASS + ids)
+        if lang.name == "python":
+            tr.dropped = protect(sb.workspace, pr.changed, task.test_patch, task.FAIL_TO_PASS + task.PASS_TO_PASS + ids)
+        else:
+            tr.dropped = protect_language(sb.workspace, pr.changed, task.test_patch, lang)
     except RuntimeError as e:
         tr.status, tr.message = Status.ERROR, str(e)
         return
@@ -313,6 +320,11 @@ def _tests_in_sandbox(sb: Sandbox, task: Task, text: str, ids: list[str], limits
             tr.exec = res
             tr.status, tr.message = Status.SETUP_FAILED, f"setup command {cmd!r}: {res.summary()}"
             return
+    if lang.name != "python":
+        from minicoder.sandbox.lang_runners import run_language_tests
+
+        run_language_tests(sb, task, lang, ids, limits, tr)
+        return
     name = secrets.token_hex(16) + ".xml"
     argv = runner_argv(task, ids, f"{REPORT_DIR}/{name}")
     if getattr(sb, "warm", False):  # the same code and arguments, in an interpreter that has pytest loaded
@@ -336,7 +348,14 @@ def run_tests(task: Task, patch: str | bytes | None, test_ids: list[str] | None 
     t0 = time.perf_counter()
     limits = (limits or Limits(timeout_s=task.environment.timeout_s)).with_timeout(timeout_s)
     ids = list(test_ids) if test_ids is not None else default_test_ids(task)
-    pytest_args(task)  # fail early and clearly on a non-pytest command
+    lang = language_of(task)  # JavaScript, Go, Rust: lang_runners.py; Python: the pytest runner here
+    if lang.name == "python":
+        pytest_args(task)  # fail early and clearly on a non-pytest command
+    else:
+        from minicoder.sandbox.lang_runners import check_test_cmd
+
+        check_test_cmd(lang, task)
+        runner = "cold"  # the warm runner is a Python interpreter with pytest loaded
     tr = TestRun(status=Status.ERROR, test_ids=ids, backend=backend if isinstance(backend, str) else backend.backend)
     text, why = decode_patch(patch)
     if text is None:
@@ -407,7 +426,7 @@ def evaluate_many(task: Task, patches: list[str | bytes | None], backend: str = 
 
     template_for(task)  # build the base-commit template once, before the workers race for it
     lim = limits or Limits(timeout_s=task.environment.timeout_s)
-    if not isinstance(backend, Sandbox) and resolve_runner(backend, runner) == "warm":
+    if not isinstance(backend, Sandbox) and language_of(task).name == "python" and resolve_runner(backend, runner) == "warm":
         from minicoder.sandbox.warm import get_zygote
 
         with contextlib.suppress(SandboxError):  # a failing start shows up per candidate, with its message
