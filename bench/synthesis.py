@@ -7,6 +7,8 @@ Steps (select with --steps; each writes its section of bench/results/synthesis.j
               sdist with `pip download --no-binary :all: --no-deps`): the same funnel
   throughput  validation only (`validate_file`) of the same N HumanEval tasks with the local and
               the Docker backend, 2 workers: tasks/minute for each
+  languages   JavaScript, Go, Rust: the shipped sets' pipeline (npm / Debian sources, tree-sitter
+              mutants, validation, QA), one row per language (resumes the shipped ledgers)
 
 Runs are resumable (the pipelines' ledgers live in bench/results/tmp/synthesis/), so an interrupted
 benchmark continues; tasks/minute always counts only the candidates processed in this invocation.
@@ -133,9 +135,32 @@ def step_throughput(args) -> dict:
     return out
 
 
+def step_languages(args) -> dict:
+    """JavaScript, Go and Rust: the shipped sets' pipeline (minicoder.tasks.lang_sets) per language.
+    The shipped set's ledger, when present, is copied in first, so the step resumes it (tasks/minute
+    then counts only what this invocation ran; the shipped report has the full run's rate)."""
+    from minicoder.tasks.lang_sets import DATA, build_set
+
+    out: dict = {}
+    for lang in ("javascript", "go", "rust"):
+        dest = WORK / f"{lang}.jsonl"
+        shipped = DATA / f"{lang}_tasks.jsonl.ledger.jsonl"
+        if shipped.exists() and not Path(str(dest) + ".ledger.jsonl").exists():
+            shutil.copy(shipped, str(dest) + ".ledger.jsonl")
+        load0 = _load()
+        s = build_set(lang, dest, workers=args.workers, progress=False)
+        print(lang, s.table())
+        out[lang] = _section(s, load0)
+        rep = DATA / f"{lang}_tasks.jsonl.report.json"
+        if rep.exists():
+            out[lang]["shipped_run"] = {k: json.loads(rep.read_text()).get(k)
+                                        for k in ("funnel", "rejections", "seconds", "tasks_per_minute", "kept_per_minute")}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", default="humaneval,package,throughput")
+    ap.add_argument("--steps", default="humaneval,package,throughput,languages")
     ap.add_argument("--per-subject", type=int, default=3, help="mutants per HumanEval problem")
     ap.add_argument("--limit", type=int, default=None, help="HumanEval problems (default all 164)")
     ap.add_argument("--package-mutants", type=int, default=20)
@@ -146,7 +171,8 @@ def main() -> int:
     if args.fresh and WORK.exists():
         shutil.rmtree(WORK)
     WORK.mkdir(parents=True, exist_ok=True)
-    steps = {"humaneval": step_humaneval, "package": step_package, "throughput": step_throughput}
+    steps = {"humaneval": step_humaneval, "package": step_package, "throughput": step_throughput,
+             "languages": step_languages}
     for name in [s for s in args.steps.split(",") if s]:
         section = steps[name](args)
         section["finished"] = datetime.now(UTC).replace(microsecond=0).isoformat()
@@ -175,6 +201,11 @@ def print_table(results: dict) -> None:
         f = r["funnel"]
         print(f"{name:<12}{f.get('candidates', 0):>12}{f.get('after execute', 0):>13}{f.get('after validate', 0):>11}"
               f"{f.get('after qa', 0):>10}{r['runs_per_candidate']:>11}{r['tasks_per_minute']:>11}")
+    for lang, r in (results.get("languages") or {}).items():
+        run = r.get("shipped_run") or {}
+        f = run.get("funnel") or r["funnel"]
+        print(f"{lang:<12}{f.get('candidates', 0):>12}{f.get('after execute', 0):>13}{f.get('after validate', 0):>11}"
+              f"{f.get('after qa', 0):>10}{r['runs_per_candidate']:>11}{run.get('tasks_per_minute', r['tasks_per_minute']):>11}")
     t = results.get("throughput")
     if t:
         for b in ("local", "docker"):

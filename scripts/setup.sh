@@ -51,7 +51,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 
 echo "[setup] installing minicoder and its dev dependencies"
-quiet "${PIP[@]}" install -q -e ".[dev]"
+quiet "${PIP[@]}" install -q -e ".[dev,scale]"  # scale: ray, for the RL pipeline's Ray executor
 
 # The embedded sandbox backend needs bubblewrap; install it where we may (Debian, root).
 if ! command -v bwrap >/dev/null 2>&1; then
@@ -61,6 +61,26 @@ if ! command -v bwrap >/dev/null 2>&1; then
       || echo "[setup] warning: could not install bubblewrap; the local sandbox backend will be unavailable"
   else
     echo "[setup] note: bubblewrap (bwrap) not found; install it for the local sandbox backend"
+  fi
+fi
+
+# The JavaScript, Go and Rust graders' local backend runs the host's toolchains (the sandbox sees the
+# host's /usr read-only): Debian's nodejs + node-tape, golang-go, cargo (+ rustc). Only what is missing;
+# a toolchain installed elsewhere (e.g. ~/.cargo) is invisible to the sandbox, so /usr/bin is checked.
+lang_pkgs=()
+[ -x /usr/bin/node ] || lang_pkgs+=(nodejs)
+[ -f /usr/share/nodejs/tape/package.json ] || lang_pkgs+=(node-tape)
+[ -x /usr/bin/go ] || lang_pkgs+=(golang-go)
+[ -x /usr/bin/cargo ] || lang_pkgs+=(cargo)
+if [ ${#lang_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing the language toolchains from Debian: ${lang_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    (apt-get install -y -qq --no-install-recommends "${lang_pkgs[@]}" >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${lang_pkgs[@]}" >/dev/null; }) \
+      || echo "[setup] warning: could not install ${lang_pkgs[*]}; JavaScript/Go/Rust tasks will not run locally"
+  else
+    echo "[setup] note: missing ${lang_pkgs[*]} (Debian packages) for JavaScript/Go/Rust tasks on the local backend"
   fi
 fi
 

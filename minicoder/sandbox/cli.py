@@ -4,12 +4,14 @@
                    --out results.jsonl [--security | --no-security] [--static-penalty 0.25]
     minicoder cleanup [--dead-only]
     minicoder images base [--rebuild] [--source auto|registry|offline]
+    minicoder images languages [javascript go rust] [--rebuild]
 
 `eval` grades predictions (SWE-bench convention) against tasks in sandboxes.
 
 Predictions are JSONL rows `{"instance_id": ..., "model_patch": ...}` (extra fields are ignored).
 Results are appended to `--out` one JSON line per instance *as each finishes* (flushed and synced),
-so a killed run loses nothing, and re-running skips instances already in `--out`. Ends with a
+so a killed run loses nothing, and re-running skips instances already in `--out` (the torn last line
+of a killed run is dropped; a damaged line elsewhere stops the run with its line number). Ends with a
 summary table (status counts, resolved rate, latency). Tasks that carry exploit tests are graded with
 the security reward by default (`minicoder.sandbox.security`: functional / security / static parts
 in each row; `--no-security` turns it off, `--security` turns it on for every task).
@@ -113,16 +115,22 @@ def read_predictions(path: str) -> dict[str, str]:
 
 
 def finished_ids(path: str) -> set[str]:
-    """Instance ids already in a results file (a half-written last line is ignored)."""
+    """Instance ids already in a results file. Run `_repair_tail` first: a torn last line is a killed
+    run's and is dropped there; a damaged line anywhere else is an error that names it."""
+    from minicoder.errors import UserError
+
     done: set[str] = set()
     if not os.path.exists(path):
         return done
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue
+                raise UserError(f"{Path(path).name} line {lineno}: not valid JSON; fix or delete that line "
+                                "(the instance is then evaluated again)") from None
             if isinstance(row, dict) and "instance_id" in row:
                 done.add(row["instance_id"])
     return done
@@ -177,23 +185,24 @@ def run_eval(args) -> int:
         tasks = {t.instance_id: t for t in read_tasks(args.tasks)}
     except TaskFormatError as e:
         raise UserError(str(e)) from None
+    if not tasks:
+        raise UserError(f"--tasks {args.tasks}: no tasks")
     preds = read_predictions(args.predictions)
     unknown = sorted(set(preds) - set(tasks))
     if unknown:
         raise UserError(f"{len(unknown)} prediction(s) name no task in {args.tasks}, e.g. {unknown[0]!r}")
-    _repair_tail(args.out)
-    done = finished_ids(args.out)
-    todo = [i for i in preds if i not in done]
-    print(f"{len(preds)} predictions, {len(done & set(preds))} already in {args.out}, {len(todo)} to evaluate "
-          f"({args.backend} backend, {args.workers} worker(s))")
     if args.backend == "docker":
         try:
             from minicoder.sandbox.docker import client
 
             client()
         except SandboxError as e:
-            raise UserError(str(e)) from None
-
+            raise UserError(f"--backend docker: {e}") from None
+    _repair_tail(args.out)
+    done = finished_ids(args.out)
+    todo = [i for i in preds if i not in done]
+    print(f"{len(preds)} predictions, {len(done & set(preds))} already in {args.out}, {len(todo)} to evaluate "
+          f"({args.backend} backend, {args.workers} worker(s))")
     lock = threading.Lock()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     out = open(args.out, "a", encoding="utf-8")  # noqa: SIM115 -- kept open across threads, closed below
@@ -280,6 +289,16 @@ def add_images_parser(subparsers) -> None:
     b.add_argument("--tag", default=DEFAULT_IMAGE, help=f"image tag (default {DEFAULT_IMAGE})")
     b.add_argument("--no-start", action="store_true", help="do not try to start an engine when none answers")
     b.set_defaults(func=run_images)
+    lg = sub.add_parser("languages", help="make sure the JavaScript, Go and Rust task images exist (Debian toolchains)")
+    lg.add_argument("languages", nargs="*", default=["all"], help="'all' (default) or some of javascript, go, rust")
+    lg.add_argument("--rebuild", action="store_true", help="rebuild even when up to date")
+    lg.set_defaults(func=run_language_images)
+
+
+def run_language_images(args) -> int:
+    from minicoder.sandbox.lang_images import main
+
+    return main([*args.languages, *(["--rebuild"] if args.rebuild else [])])
 
 
 def run_images(args) -> int:

@@ -15,99 +15,39 @@ The SWE-bench recipe, applied to any local repository:
 By default only the test files the commit touches are run (as SWE-bench does); `test_scope="all"`
 runs the whole suite, for complete PASS_TO_PASS lists on small repositories.
 
-Languages are a table (`LANGUAGES`): which files are sources, which are tests, the test command
-and a parser for the runner's log. Python is wired end to end; the other rows classify files (so
-mining reports them) and wait for their sandbox runners.
+Languages are a table (`LANGUAGES`, in `sandbox/languages.py` with the graders that use it): which
+files are sources, which are tests, the test command and image. Python, JavaScript (node:test or
+tape), Go and Rust are wired end to end; the failure messages of the run before the fix go into the
+problem statement for every language.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from minicoder.gitdiff import GitError, git, materialize_repo, run_git, snapshot_files
-from minicoder.record import DEFAULT_IMAGE, Environment, Task
+from minicoder.record import Environment, Task
+from minicoder.sandbox.languages import (  # noqa: F401 (re-exported: the table's old home)
+    LANGUAGES,
+    Language,
+    classify,
+    parse_go_log,
+    parse_pytest_log,
+    test_cmd_for,
+)
 from minicoder.tasks.runner import run_tests
 
 
 class MiningError(ValueError):
     """The repository cannot be mined (not a git repository, bad revision, ...)."""
-
-
-# --- languages ----------------------------------------------------------------------------------
-
-def _py_is_test(path: str) -> bool:
-    p = PurePosixPath(path)
-    if p.suffix != ".py":
-        return False
-    return (p.name.startswith("test_") or p.name.endswith("_test.py") or p.name == "conftest.py"
-            or any(part in ("tests", "test", "testing") for part in p.parts[:-1]))
-
-
-_PYTEST_LINE = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\s+(\S+)")
-
-
-def parse_pytest_log(log: str) -> dict[str, str]:
-    """Outcomes from `pytest -rA` summary lines (`PASSED tests/test_a.py::test_x`)."""
-    mapping = {"PASSED": "passed", "FAILED": "failed", "ERROR": "error", "SKIPPED": "skipped",
-               "XFAIL": "skipped", "XPASS": "passed"}
-    out: dict[str, str] = {}
-    for line in log.splitlines():
-        m = _PYTEST_LINE.match(line.strip())
-        if m:
-            out[m.group(2)] = mapping[m.group(1)]
-    return out
-
-
-_GO_LINE = re.compile(r"^\s*--- (PASS|FAIL|SKIP): (\S+)")
-
-
-def parse_go_log(log: str) -> dict[str, str]:
-    """Outcomes from `go test -v` (`--- PASS: TestName (0.00s)`)."""
-    mapping = {"PASS": "passed", "FAIL": "failed", "SKIP": "skipped"}
-    return {m.group(2): mapping[m.group(1)] for m in map(_GO_LINE.match, log.splitlines()) if m}
-
-
-@dataclass(frozen=True)
-class Language:
-    """How to recognise and run one language's tests."""
-
-    name: str
-    source_exts: tuple[str, ...]
-    is_test: Callable[[str], bool]
-    test_cmd: str
-    parse_log: Callable[[str], dict[str, str]] | None = None
-    runnable: bool = False  # the sandbox can run this language's tests today
-
-    def owns(self, path: str) -> bool:
-        return path.endswith(self.source_exts)
-
-
-LANGUAGES: dict[str, Language] = {
-    "python": Language("python", (".py",), _py_is_test, "python -m pytest",
-                       parse_pytest_log, runnable=True),
-    "go": Language("go", (".go",), lambda p: p.endswith("_test.go"), "go test -v ./...", parse_go_log),
-    "javascript": Language("javascript", (".js", ".mjs", ".cjs", ".ts"),
-                           lambda p: bool(re.search(r"(\.test|\.spec)\.[cm]?[jt]s$", p)) or "__tests__/" in p,
-                           "npx jest --ci"),
-    "rust": Language("rust", (".rs",), lambda p: p.startswith("tests/") or "/tests/" in p, "cargo test"),
-}
-
-
-def classify(path: str) -> tuple[str | None, bool]:
-    """(language name or None, is a test file)."""
-    for lang in LANGUAGES.values():
-        if lang.owns(path):
-            return lang.name, lang.is_test(path)
-    return None, False
 
 
 # --- git ----------------------------------------------------------------------------------------
@@ -222,7 +162,8 @@ def failure_excerpt(log: str, max_lines: int = 15) -> str:
     return "\n".join(lines[:max_lines])
 
 
-def problem_statement(commit: Commit, failing: list[str], log: str = "") -> str:
+def problem_statement(commit: Commit, failing: list[str], log: str = "",
+                      messages: dict[str, str] | None = None) -> str:
     parts = [commit.subject.strip()]
     if commit.body:
         parts += ["", commit.body.strip()]
@@ -230,7 +171,8 @@ def problem_statement(commit: Commit, failing: list[str], log: str = "") -> str:
     parts += [f"- `{t}`" for t in failing[:10]]
     if len(failing) > 10:
         parts.append(f"- ... and {len(failing) - 10} more")
-    excerpt = failure_excerpt(log)
+    excerpt = failure_excerpt(log) or "\n".join(
+        f"{t}: {messages[t].strip()[:300]}" for t in failing[:5] if (messages or {}).get(t))
     if excerpt:
         parts += ["", "Failure output:", "```", excerpt, "```"]
     return "\n".join(parts)
@@ -264,16 +206,18 @@ def build_task(repo: str | os.PathLike, cand: Candidate, *, inline: bool = False
     fix, tests = split_commit(repo, cand)
     lang = LANGUAGES[cand.language]
     parent = cand.commit.parents[0]
+    pkg = run_git(repo, "show", f"{parent}:package.json") if lang.name == "javascript" else None
+    test_cmd = test_cmd_for(lang.name, pkg.stdout.decode(errors="replace") if pkg and pkg.returncode == 0 else None)
     if inline:
         probe = Task(instance_id="probe", repo=repo.name, base_commit=parent, patch="", test_patch="",
                      problem_statement="", FAIL_TO_PASS=["probe"], PASS_TO_PASS=[],
                      environment=Environment(repo_path=str(repo)))
         with tempfile.TemporaryDirectory(prefix="minicoder-mine-") as tmp:
             materialize_repo(probe, Path(tmp) / "r")
-            env = Environment(image=DEFAULT_IMAGE, files=snapshot_files(Path(tmp) / "r"), test_cmd=lang.test_cmd)
+            env = Environment(image=lang.image, files=snapshot_files(Path(tmp) / "r"), test_cmd=test_cmd)
         base_commit = parent
     else:
-        env = Environment(image=DEFAULT_IMAGE, repo_path=str(repo), test_cmd=lang.test_cmd)
+        env = Environment(image=lang.image, repo_path=str(repo), test_cmd=test_cmd)
         base_commit = parent
     created = cand.commit.date
     with contextlib.suppress(ValueError):
@@ -317,7 +261,7 @@ def execute_candidate(repo: str | os.PathLike, cand: Candidate, *, backend: Any 
             return done(False, "no test passes after the fix")
         return done(False, "no FAIL_TO_PASS test: the tests already pass before the fix")
     task.FAIL_TO_PASS, task.PASS_TO_PASS = f2p, p2p
-    task.problem_statement = problem_statement(cand.commit, f2p, before.log)
+    task.problem_statement = problem_statement(cand.commit, f2p, before.log, before.messages)
     task.metadata["pass_to_fail"] = broken
     return done(True, "", task)
 

@@ -234,6 +234,16 @@ def _validated_record(cid: str, task: Task, operator: str, runs_so_far: int, t0:
                   seconds=time.perf_counter() - t0, runs=runs_so_far + v.runs, extra=extra)
 
 
+def _mutators(subject, candidates, build_candidate):
+    """(candidates, build_candidate) for a subject: Python's AST operators, or tree-sitter's (mutate_ts)
+    for a JavaScript, Go or Rust subject."""
+    if getattr(subject, "language", "python") == "python":
+        return candidates, build_candidate
+    from minicoder.tasks import mutate_ts
+
+    return mutate_ts.candidates, mutate_ts.build_candidate
+
+
 # --- synth mutate ---------------------------------------------------------------------------------
 
 def synth_mutate(subjects: Iterable[Any], out: str | os.PathLike, *, per_subject: int = 6, combine: int = 1,
@@ -251,7 +261,7 @@ def synth_mutate(subjects: Iterable[Any], out: str | os.PathLike, *, per_subject
     ops = tuple(operators or OPERATORS)
     ledger = Ledger(str(out) + ".ledger.jsonl")
     subjects = list(subjects)
-    plan = [(s, candidates(s, per_subject, seed, ops)) for s in subjects]
+    plan = [(s, _mutators(s, candidates, build_candidate)[0](s, per_subject, seed, ops)) for s in subjects]
     todo = sum(1 for _, cs in plan for cid, _ in cs if cid not in ledger)
     planned: set[str] = {cid for _, cs in plan for cid, _ in cs}
     t_start = time.perf_counter()
@@ -281,7 +291,7 @@ def synth_mutate(subjects: Iterable[Any], out: str | os.PathLike, *, per_subject
                 rec = record(cid, kept=False, stage="execute", reason="no test passes on the original code",
                              operator=ms[0].operator if len(ms) == 1 else "combined")
             else:
-                oc = build_candidate(subject, cid, ms, ok, backend=backend)
+                oc = _mutators(subject, candidates, build_candidate)[1](subject, cid, ms, ok, backend=backend)
                 runs = COUNTER.n - before_runs
                 if not oc.kept:
                     rec = record(cid, kept=False, stage="execute", reason=oc.reason, operator=oc.operator,

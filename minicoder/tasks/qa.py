@@ -105,6 +105,13 @@ def changed_names(task: Task) -> tuple[set[str], set[str]]:
         src = files.get(fp.path)
         if src and p.suffix == ".py":
             names |= _enclosing_defs(src, fp)
+        elif src and task.language != "python":  # JavaScript, Go, Rust: tree-sitter finds the functions
+            from minicoder.tasks.mutate_ts import enclosing_functions
+
+            removed = set(fp.removed)
+            names |= enclosing_functions(task.language, src, {i + 1 for i, ln in enumerate(src.splitlines())
+                                                               if ln in removed})
+            modules.add(p.stem)
     return modules, names
 
 
@@ -137,6 +144,10 @@ def test_text(task: Task) -> str:
 
 
 def touches_change(task: Task) -> bool:
+    if task.language != "python":  # JavaScript, Go, Rust: imports and functions found with tree-sitter
+        from minicoder.tasks.mutate_ts import touches_change as lang_touches_change
+
+        return lang_touches_change(task)
     modules, names = changed_names(task)
     text = test_text(task)
     if not text.strip():
