@@ -4,7 +4,7 @@
     secure fix 1 / 1 / 1, on the local backend (one task per class, through the scripted policies
     of the bench, whose per-class table must tell them apart exactly) and on Docker (three classes);
     and none of those runs, where the exploits succeed inside the sandbox, leaves a marker file, a
-    process or a sandbox folder on the host;
+    process on the host (the existing host-state checks of test_hostile.py);
   - the exploit tests cannot be turned off: the insecure fix plus deleting, rewriting or
     conftest-skipping the exploit tests still scores security 0 (the files come back);
   - `evaluate` turns security on by itself for tasks with exploit tests; off, the functional reward
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from minicoder.record import read_tasks
-from minicoder.sandbox.base import pids_of_uid, sandbox_base_dir
+from minicoder.sandbox.base import pids_of_uid
 from minicoder.sandbox.reward import Reward, evaluate
 from minicoder.sandbox.security import (
     Finding,
@@ -86,10 +86,6 @@ def _host_markers(since: float) -> list[str]:
     return found
 
 
-def _our_roots() -> list[Path]:
-    return list(sandbox_base_dir().glob(f"minicoder-sb-{os.getpid()}-*"))
-
-
 # --- every class, both backends --------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -113,7 +109,6 @@ def test_every_class_insecure_0_secure_1_on_local(sample, used_uids):
     # the exploits worked inside the sandbox (security 0 above) and left nothing on the host
     assert _host_markers(t0) == []
     assert [p for u in used_uids if u != os.getuid() for p in pids_of_uid(u)] == []
-    assert _our_roots() == []
 
 
 @pytest.mark.slow
