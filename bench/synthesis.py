@@ -7,6 +7,14 @@ Steps (select with --steps; each writes its section of bench/results/synthesis.j
               sdist with `pip download --no-binary :all: --no-deps`): the same funnel
   throughput  validation only (`validate_file`) of the same N HumanEval tasks with the local and
               the Docker backend, 2 workers: tasks/minute for each
+  real        real Python projects with their git history (`REAL_PROJECTS`): `synth git` over the
+              last 300 first-parent commits (merge PRs, squash PRs, commits), environments built
+              from each base commit's package metadata, validation, QA, on the local and the docker
+              backend: candidates per kind, environments built, validated tasks, drops per reason,
+              tasks/minute. The repositories are never committed: `--repos DIR` names a folder of
+              clones or bare snapshots (DIR/<owner>+<name>/repo, as the search tool's `fetch` leaves
+              them, or DIR/<name>), else they are cloned from GitHub; each is cloned afresh into
+              bench/results/tmp/synthesis/real/ and its commit and licence go into the JSON.
 
 Runs are resumable (the pipelines' ledgers live in bench/results/tmp/synthesis/), so an interrupted
 benchmark continues; tasks/minute always counts only the candidates processed in this invocation.
@@ -132,6 +140,93 @@ def step_throughput(args) -> dict:
     return out
 
 
+# --- real repositories ---------------------------------------------------------------------------
+
+REAL_PROJECTS = ("more-itertools/more-itertools", "pallets/click", "pytoolz/toolz")
+LICENCES = (("MIT", r"Permission is hereby granted, free of charge"), ("Apache-2.0", r"Apache License"),
+            ("BSD", r"Redistribution and use in source and binary forms"), ("PSF", r"PYTHON SOFTWARE FOUNDATION"))
+
+
+def licence_of(clone: Path) -> str:
+    """The licence family of a clone's LICENSE file (permissive ones only are recognised), or ''."""
+    import re
+
+    for f in sorted(clone.glob("LICEN[CS]E*")) + sorted(clone.glob("COPYING*")):
+        text = f.read_text(errors="replace")
+        for name, pat in LICENCES:
+            if re.search(pat, text, re.I):
+                return name
+    return ""
+
+
+def real_clone(project: str, repos: Path | None) -> Path:
+    """A fresh working clone of `project` under WORK/real (from `repos` when it has it, else GitHub)."""
+    owner, name = project.split("/")
+    src = None
+    if repos is not None:
+        for cand in (repos / f"{owner}+{name}" / "repo", repos / name, repos / f"{owner}+{name}"):
+            if (cand / "HEAD").exists() or (cand / ".git").exists():
+                src = str(cand)
+                break
+    dest = WORK / "real" / name
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "clone", "-q", src or f"https://github.com/{project}.git", str(dest)], check=True)
+    return dest
+
+
+def step_real(args) -> dict:
+    """Mine each project on each backend; every backend's results are saved in their own file
+    (`section_real_<backend>.json`), so the local and the docker runs may be separate invocations."""
+    from minicoder.tasks.pipeline_git import synth_git
+
+    repos = Path(args.repos) if args.repos else None
+    for backend in [b for b in args.real_backends.split(",") if b]:
+        path = WORK / f"section_real_{backend}.json"
+        section = json.loads(path.read_text()) if path.exists() else {"projects": {}}
+        section.update({"max_commits": args.real_commits, "workers": args.workers})
+        for project in [p for p in args.real_projects.split(",") if p]:
+            clone = real_clone(project, repos)
+            head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True,
+                                  text=True).stdout.strip()
+            entry: dict = {"commit": head, "licence": licence_of(clone), "source": f"https://github.com/{project}"}
+            if backend == "docker":
+                try:
+                    import docker
+
+                    docker.from_env(timeout=10).ping()
+                except Exception as e:
+                    entry["skipped"] = f"{type(e).__name__}: {e}"
+                    section["projects"][project] = entry
+                    continue
+            load0 = _load()
+            s = synth_git(clone, WORK / f"real_{clone.name}_{backend}.jsonl", max_commits=args.real_commits,
+                          validate=True, backend=backend, workers=args.workers,
+                          command=f"bench real {project} {backend}")
+            print(project, backend)
+            print(s.table())
+            sec = _section(s, load0)
+            sec["validated_per_minute"] = s.kept_per_minute
+            entry.update(sec)
+            if s.processed or project not in section["projects"]:  # a pure resume keeps the measured run
+                section["projects"][project] = entry
+            path.write_text(json.dumps(section, indent=2) + "\n")
+    return real_results()
+
+
+def real_results() -> dict:
+    """The real-repository sections of all backends: {"projects": {project: {backend: section}}}."""
+    out: dict = {"projects": {}}
+    for path in sorted(WORK.glob("section_real_*.json")):
+        backend = path.stem.removeprefix("section_real_")
+        sec = json.loads(path.read_text())
+        out["max_commits"], out["workers"] = sec.get("max_commits"), sec.get("workers")
+        for project, e in sec["projects"].items():
+            p = out["projects"].setdefault(project, {k: e[k] for k in ("commit", "licence", "source") if k in e})
+            p[backend] = {k: v for k, v in e.items() if k not in ("commit", "licence", "source")}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", default="humaneval,package,throughput")
@@ -140,12 +235,17 @@ def main() -> int:
     ap.add_argument("--package-mutants", type=int, default=20)
     ap.add_argument("--n-throughput", type=int, default=12)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repos", default=os.environ.get("MINICODER_REAL_REPOS"),
+                    help="folder of clones / bare snapshots of the real projects (default: clone from GitHub)")
+    ap.add_argument("--real-projects", default=",".join(REAL_PROJECTS), help="owner/name,... for the real step")
+    ap.add_argument("--real-commits", type=int, default=300, help="last N first-parent commits per project")
+    ap.add_argument("--real-backends", default="local,docker")
     ap.add_argument("--fresh", action="store_true", help="delete the ledgers first (no resume)")
     args = ap.parse_args()
     if args.fresh and WORK.exists():
         shutil.rmtree(WORK)
     WORK.mkdir(parents=True, exist_ok=True)
-    steps = {"humaneval": step_humaneval, "package": step_package, "throughput": step_throughput}
+    steps = {"humaneval": step_humaneval, "package": step_package, "throughput": step_throughput, "real": step_real}
     for name in [s for s in args.steps.split(",") if s]:
         section = steps[name](args)
         section["finished"] = datetime.now(UTC).replace(microsecond=0).isoformat()
@@ -155,6 +255,8 @@ def main() -> int:
         (WORK / f"section_{name}.json").write_text(json.dumps(section, indent=2) + "\n")
     results = {name: json.loads((WORK / f"section_{name}.json").read_text())
                for name in steps if (WORK / f"section_{name}.json").exists()}
+    if list(WORK.glob("section_real_*.json")):
+        results["real"] = real_results()
     results["date"] = datetime.now(UTC).replace(microsecond=0).isoformat()
     results["machine"] = machine_info()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -174,12 +276,34 @@ def print_table(results: dict) -> None:
         f = r["funnel"]
         print(f"{name:<12}{f.get('candidates', 0):>12}{f.get('after execute', 0):>13}{f.get('after validate', 0):>11}"
               f"{f.get('after qa', 0):>10}{r['runs_per_candidate']:>11}{r['tasks_per_minute']:>11}")
+    print_real(results.get("real"))
     t = results.get("throughput")
     if t:
         for b in ("local", "docker"):
             v = t.get(b, {})
             print(f"validate {b:<8}: " + (f"{v['tasks_per_minute']} tasks/min, {v['seconds_per_run']} s/run"
                                           if "tasks_per_minute" in v else v.get("skipped", "-")))
+
+
+
+def print_real(real: dict | None) -> None:
+    """The real-repository table: one row per project and backend."""
+    if not real:
+        return
+    print(f"\n{'project':<32}{'backend':<8}{'entries':>8}{'merge/squash/commit cand.':>27}{'envs':>6}"
+          f"{'validated':>10}{'after QA':>9}{'runs/cand':>10}{'cand/min':>9}{'tasks/min':>10}")
+    for project, e in real["projects"].items():
+        for b in ("local", "docker"):
+            r = e.get(b)
+            if not r or "funnel" not in r:
+                continue
+            k = r.get("per_kind", {})
+            kinds = "/".join(str(k.get(x, {}).get("candidates", 0)) for x in ("merge_pr", "squash_pr", "commit"))
+            f = r["funnel"]
+            print(f"{project + ' @' + e['commit'][:8]:<32}{b:<8}{f.get('candidates', 0):>8}{kinds:>27}"
+                  f"{r.get('environments', {}).get('built', 0):>6}{f.get('after validate', 0):>10}"
+                  f"{f.get('after qa', 0):>9}{r['runs_per_candidate']:>10}{r['tasks_per_minute']:>9}"
+                  f"{r['validated_per_minute']:>10}")
 
 
 if __name__ == "__main__":

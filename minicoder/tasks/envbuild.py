@@ -177,33 +177,33 @@ class EnvResult:
 
 
 def resolve(requirements: list[str], find_links: list[str] | None = None) -> tuple[list[str], list[Path]]:
-    """Exact pins (`name==version`) for `requirements`, wheels downloaded on the host into the
-    shared wheelhouse; returns (pins, wheel files). Raises EnvError with pip's reason."""
+    """Exact pins (`name==version`) for `requirements` plus pytest at the host's version (the one
+    the tasks are validated with; pinned, so both backends run the same pytest), with the wheels
+    downloaded on the host into the shared wheelhouse. Returns (pins, wheel files); raises
+    EnvError with pip's reason."""
+    import pytest
+
     from minicoder.sandbox.local import wheelhouse
 
-    if not requirements:
-        return [], []
     links = [str(wheelhouse()), *(find_links or [])]
     with tempfile.TemporaryDirectory(prefix="minicoder-resolve-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--only-binary=:all:",
                "--python-version", PYTHON_VERSION, "-d", tmp, *[a for f in links for a in ("--find-links", f)],
-               *requirements]
+               f"pytest=={pytest.__version__}", *requirements]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             err = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")] or proc.stderr.splitlines()[-2:]
             raise EnvError(f"cannot resolve the requirements: {' '.join(err)[:300]}")
-        wheels = sorted(Path(tmp).glob("*.whl"))
         house = wheelhouse()
         out = []
-        for w in wheels:
+        for w in sorted(Path(tmp).glob("*.whl")):
             dest = house / w.name
             if not dest.exists():
                 tmp_dest = house / f".{w.name}.{os.getpid()}.tmp"
                 tmp_dest.write_bytes(w.read_bytes())
                 os.replace(tmp_dest, dest)
             out.append(dest)
-    pins = sorted({_pin(w) for w in out if canonicalize_name(w.name.split("-")[0]) != "pytest"}, key=str.lower)
-    return pins, [w for w in out if canonicalize_name(w.name.split("-")[0]) != "pytest"]
+    return sorted({_pin(w) for w in out}, key=str.lower), out
 
 
 def _pin(wheel: Path) -> str:

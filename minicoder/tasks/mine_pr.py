@@ -11,11 +11,12 @@ main branch shows each one in one of three shapes (`KINDS`):
   - `commit`: any other commit, pushed directly.
 
 Every first-parent entry is classified by the files it changes: tests (per language, see
-`mine_git.LANGUAGES`), source, docs, CI, packaging, other. A candidate changes source and tests of
-one runnable language; the rest is dropped with a reason that names what it changed (`changes
-tests only`, `changes docs only`, `changes CI only`, `changes packaging only`, `changes source
-without tests`, ...). Docs and packaging files that come with a source change go with the fix;
-`setup.py`, `noxfile.py` and `docs/conf.py` are packaging / CI / docs, not source.
+`mine_git.LANGUAGES`), source, docs, CI, packaging, type stubs (`.pyi`), other. A candidate changes
+source and tests of one runnable language; the rest is dropped with a reason that names what it
+changed (`changes tests only`, `changes docs only`, `changes CI only`, `changes packaging only`,
+`changes type stubs only`, `changes source without tests`, ...). Docs and packaging files that come
+with a source change go with the fix; `setup.py`, `noxfile.py` and `docs/conf.py` are packaging /
+CI / docs, not source.
 
 Later tests (off by default; SWE-smith / SWE-rebench style): for a change that carries no tests,
 the test files of a later first-parent commit (within `later_window` entries) that touch a test
@@ -88,7 +89,7 @@ def branch_commits(repo: str | os.PathLike, merge: Commit) -> list[Commit]:
 
 
 def file_kind(path: str) -> tuple[str, str | None]:
-    """(kind, language) of a changed file: kind is test | source | docs | ci | packaging | other."""
+    """(kind, language) of a changed file: test | source | docs | ci | packaging | stubs (.pyi) | other."""
     p = PurePosixPath(path)
     name, top = p.name, p.parts[0] if p.parts else ""
     if top in CI_DIRS or name in CI_NAMES or (name.startswith("noxfile") and name.endswith(".py")):
@@ -98,6 +99,8 @@ def file_kind(path: str) -> tuple[str, str | None]:
         return "packaging", None
     if top in DOCS_DIRS and len(p.parts) > 1:
         return "docs", None
+    if p.suffix == ".pyi":
+        return "stubs", None
     lang, is_test = classify(path)
     if lang is not None:
         return ("test" if is_test else "source"), lang
@@ -111,13 +114,13 @@ def _drop_reason(kinds: set[str], has_src: bool, has_tests: bool) -> str:
         return "changes tests only"
     if has_src:
         return "changes source without tests"
-    named = sorted(k for k in kinds if k in ("docs", "ci", "packaging"))
-    label = {"docs": "docs", "ci": "CI", "packaging": "packaging"}
+    named = sorted(k for k in kinds if k in ("docs", "ci", "packaging", "stubs"))
+    label = {"docs": "docs", "ci": "CI", "packaging": "packaging", "stubs": "type stubs"}
     if not named:
         return "no source or test files of a known language"
     if len(named) == 1:
         return f"changes {label[named[0]]} only"
-    return "changes only docs, CI or packaging files"
+    return "changes only docs, CI, packaging or type stubs"
 
 
 def _changes(repo: Path, base: str, sha: str) -> list[tuple[str, str]]:
