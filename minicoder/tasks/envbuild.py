@@ -171,26 +171,46 @@ class EnvResult:
     built: bool = False  # this call built it (False: found in the cache)
     checked: bool = False  # the tests ran in it at a base commit and some passed
     check: dict[str, Any] = field(default_factory=dict)  # what that run found (commit, passed, tests)
+    notes: list[str] = field(default_factory=list)  # what resolution had to change (relaxed pins)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def resolve(requirements: list[str], find_links: list[str] | None = None) -> tuple[list[str], list[Path]]:
+# pytest's own dependencies: a project's exact pin of one of them (pip-compile output) may not fit
+# the pytest the sandbox runs, and is relaxed when it does not
+PYTEST_DEPS = ("pluggy", "iniconfig", "packaging", "exceptiongroup", "tomli", "pygments", "colorama", "py")
+
+
+def _download(requirements: list[str], dest: str, links: list[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--only-binary=:all:",
+           "--python-version", PYTHON_VERSION, "-d", dest, *[a for f in links for a in ("--find-links", f)],
+           *requirements]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def resolve(requirements: list[str], find_links: list[str] | None = None) -> tuple[list[str], list[Path], list[str]]:
     """Exact pins (`name==version`) for `requirements` plus pytest at the host's version (the one
     the tasks are validated with; pinned, so both backends run the same pytest), with the wheels
-    downloaded on the host into the shared wheelhouse. Returns (pins, wheel files); raises
-    EnvError with pip's reason."""
+    downloaded on the host into the shared wheelhouse. Returns (pins, wheel files, notes); raises
+    EnvError with pip's reason. A pin of one of pytest's own dependencies that conflicts with that
+    pytest is relaxed to the bare name (and noted)."""
     import pytest
 
     from minicoder.sandbox.local import wheelhouse
 
     links = [str(wheelhouse()), *(find_links or [])]
+    runner = f"pytest=={pytest.__version__}"
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="minicoder-resolve-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--only-binary=:all:",
-               "--python-version", PYTHON_VERSION, "-d", tmp, *[a for f in links for a in ("--find-links", f)],
-               f"pytest=={pytest.__version__}", *requirements]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = _download([runner, *requirements], tmp, links)
+        if proc.returncode != 0 and "conflicting dependencies" in proc.stderr:
+            relaxed = [canonicalize_name(r.split("==")[0]) if "==" in r and
+                       canonicalize_name(r.split("==")[0].split("[")[0]) in PYTEST_DEPS else r for r in requirements]
+            changed = sorted(set(requirements) - set(relaxed))
+            if changed:
+                notes.append(f"relaxed pins that conflict with {runner}: {', '.join(changed)}")
+                proc = _download([runner, *relaxed], tmp, links)
         if proc.returncode != 0:
             err = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")] or proc.stderr.splitlines()[-2:]
             raise EnvError(f"cannot resolve the requirements: {' '.join(err)[:300]}")
@@ -203,7 +223,7 @@ def resolve(requirements: list[str], find_links: list[str] | None = None) -> tup
                 tmp_dest.write_bytes(w.read_bytes())
                 os.replace(tmp_dest, dest)
             out.append(dest)
-    return sorted({_pin(w) for w in out}, key=str.lower), out
+    return sorted({_pin(w) for w in out}, key=str.lower), out, notes
 
 
 def _pin(wheel: Path) -> str:
@@ -279,7 +299,7 @@ class EnvBuilder:
     def _build(self, spec: EnvSpec) -> EnvResult:
         t0 = time.perf_counter()
         try:
-            pins, wheels = resolve(spec.requirements, self.find_links)
+            pins, wheels, notes = resolve(spec.requirements, self.find_links)
             plugins = pytest_plugins(wheels)
             key = hashlib.sha256(json.dumps([PYTHON_VERSION, pins]).encode()).hexdigest()[:12]
             image = ""
@@ -299,7 +319,7 @@ class EnvBuilder:
                 raise EnvError(f"cannot install the packages: {str(e)[:300]}") from None
         except EnvError as e:
             return EnvResult(False, str(e), seconds=time.perf_counter() - t0, built=True)
-        return EnvResult(True, "", key, pins, plugins, image, time.perf_counter() - t0, built=True)
+        return EnvResult(True, "", key, pins, plugins, image, time.perf_counter() - t0, built=True, notes=notes)
 
 
 def apply_environment(task, spec: EnvSpec, env: EnvResult) -> None:
@@ -310,7 +330,7 @@ def apply_environment(task, spec: EnvSpec, env: EnvResult) -> None:
     task.environment.setup = setup
     task.metadata["environment"] = {
         "key": env.key, "requirements": spec.requirements, "pythonpath": spec.pythonpath,
-        "pytest_plugins": env.plugins, "evidence": spec.evidence, "skipped": spec.skipped,
+        "pytest_plugins": env.plugins, "evidence": spec.evidence, "notes": env.notes, "skipped": spec.skipped,
         "decided_by": spec.decided_by, "inferred_at": spec.commit, "project": spec.project}
 
 

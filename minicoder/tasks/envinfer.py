@@ -170,13 +170,23 @@ def _note(spec: EnvSpec, path: str, what: str) -> None:
     spec.evidence.setdefault(path, []).append(what)
 
 
-def _add(spec: EnvSpec, reqs: list[str], path: str, what: str, found: list[str]) -> None:
+def _bucket(what: str) -> str:
+    """runtime | test | dev: which set a source of requirements belongs to (by its name)."""
+    w = what.lower()
+    if re.search(r"\b(tests?|testing|tests_require|testenv)\b|session\.install", w):
+        return "test"
+    if re.search(r"\b(dev|develop|development)\b|dev-dependencies", w):
+        return "dev"
+    return "runtime"
+
+
+def _add(spec: EnvSpec, reqs: list[str], path: str, what: str, found: dict[str, list[str]]) -> None:
     if reqs:
         _note(spec, path, f"{what}: {len(reqs)}")
-        found += reqs
+        found[_bucket(what)] += reqs
 
 
-def _pyproject(tree: Tree, spec: EnvSpec, found: list[str]) -> dict:
+def _pyproject(tree: Tree, spec: EnvSpec, found: dict[str, list[str]]) -> dict:
     text = tree.read("pyproject.toml")
     if text is None:
         return {}
@@ -230,7 +240,7 @@ def _poetry_req(name: str, v: Any) -> str:
     return name
 
 
-def _setup_cfg(tree: Tree, spec: EnvSpec, found: list[str]) -> dict:
+def _setup_cfg(tree: Tree, spec: EnvSpec, found: dict[str, list[str]]) -> dict:
     text = tree.read("setup.cfg")
     if text is None:
         return {}
@@ -263,7 +273,7 @@ def _literal(node: ast.AST, names: dict[str, ast.AST]) -> Any:
         return None
 
 
-def _setup_py(tree: Tree, spec: EnvSpec, found: list[str]) -> None:
+def _setup_py(tree: Tree, spec: EnvSpec, found: dict[str, list[str]]) -> None:
     text = tree.read("setup.py")
     if text is None:
         return
@@ -296,20 +306,20 @@ def _setup_py(tree: Tree, spec: EnvSpec, found: list[str]) -> None:
                 spec.problems.append("needs compiling: setup.py has ext_modules")
 
 
-def _requirements_files(tree: Tree, spec: EnvSpec, found: list[str]) -> None:
+def _requirements_files(tree: Tree, spec: EnvSpec, found: dict[str, list[str]]) -> None:
     for path in tree.paths:
         p = PurePosixPath(path)
         top_level = len(p.parts) == 1 or (len(p.parts) == 2 and p.parts[0] == "requirements")
         if not top_level or not re.match(r"^(.*[-_])?(requirements|reqs|test|tests|testing|dev)([-_.].*)?\.(txt|in)$",
                                          p.name) or p.suffix not in (".txt", ".in"):
             continue
-        is_test = bool(re.search(r"test|dev", str(p).lower()))
-        if p.name in ("requirements.txt",) or is_test:
-            _add(spec, requirement_lines(tree.read(path) or "", tree, path), path,
-                 "test requirements" if is_test else "requirements", found)
+        what = "test requirements" if "test" in str(p).lower() else \
+            "dev requirements" if "dev" in str(p).lower() else "requirements"
+        if p.name == "requirements.txt" or what != "requirements":
+            _add(spec, requirement_lines(tree.read(path) or "", tree, path), path, what, found)
 
 
-def _tox_nox_ci(tree: Tree, spec: EnvSpec, found: list[str], extras: set[str]) -> list[str]:
+def _tox_nox_ci(tree: Tree, spec: EnvSpec, found: dict[str, list[str]], extras: set[str]) -> list[str]:
     """Requirements from tox/nox; returns the test command lines seen (tox, nox, CI)."""
     commands: list[str] = []
     text = tree.read("tox.ini")
@@ -409,7 +419,7 @@ def infer(repo: str | os.PathLike, commit: str, *, model: Any = None) -> EnvSpec
     `envbuild.ModelHook`. Without one the rules decide alone or record the problem."""
     tree = Tree(repo, commit)
     spec = EnvSpec(repo=Path(repo).resolve().name, commit=commit)
-    found: list[str] = []
+    found: dict[str, list[str]] = {"runtime": [], "test": [], "dev": []}
     extras: set[str] = set()
     ini = _pyproject(tree, spec, found)
     ini = {**_setup_cfg(tree, spec, found), **ini}
@@ -422,8 +432,10 @@ def infer(repo: str | os.PathLike, commit: str, *, model: Any = None) -> EnvSpec
         _note(spec, "pytest.ini" if "pytest.ini" in tree else "pyproject.toml/setup.cfg", "pytest configuration")
     spec.project = spec.project or spec.repo
     _layout(tree, spec, ini)
+    if found["test"] and found["dev"]:
+        _note(spec, "(rules)", f"{len(found['dev'])} dev requirements left out: test-specific ones exist")
     seen: set[str] = set()
-    for req in found:
+    for req in found["runtime"] + (found["test"] or found["dev"]):
         req = req.strip()
         ok, why = keep_requirement(req, spec.project)
         if not ok:
@@ -439,7 +451,7 @@ def infer(repo: str | os.PathLike, commit: str, *, model: Any = None) -> EnvSpec
             spec.pytest_args = re.sub(r"\{[^}]*\}", " ", m.group(1)).split()[:12]
             break
     has_tests = bool(test_files(tree))
-    pytest_named = bool(ini) or "pytest.ini" in tree or any("pytest" in r.lower() for r in found) or \
+    pytest_named = bool(ini) or "pytest.ini" in tree or any("pytest" in r.lower() for b in found.values() for r in b) or \
         any(re.search(r"pytest|py\.test", c) for c in runner)
     if not has_tests or not (pytest_named or runner):
         question = "no test files" if not has_tests else "no test runner named in the package metadata or CI"
