@@ -179,14 +179,21 @@ class EnvResult:
 
 # pytest's own dependencies: a project's exact pin of one of them (pip-compile output) may not fit
 # the pytest the sandbox runs, and is relaxed when it does not
+MINED_TIMEOUT_S = 180.0  # a real project's test file can take a while on a loaded machine
 PYTEST_DEPS = ("pluggy", "iniconfig", "packaging", "exceptiongroup", "tomli", "pygments", "colorama", "py")
 
 
 def _download(requirements: list[str], dest: str, links: list[str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--only-binary=:all:",
-           "--python-version", PYTHON_VERSION, "-d", dest, *[a for f in links for a in ("--find-links", f)],
-           *requirements]
-    return subprocess.run(cmd, capture_output=True, text=True)
+    """`pip download` of wheels for the sandbox's Python: from the local wheel folders alone when
+    they have everything (fast, no network), else from the package index too."""
+    base = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "--only-binary=:all:",
+            "--python-version", PYTHON_VERSION, "-d", dest, *[a for f in links for a in ("--find-links", f)]]
+    proc = subprocess.run([*base, "--no-index", *requirements], capture_output=True, text=True)
+    if proc.returncode == 0:
+        return proc
+    for w in Path(dest).glob("*.whl"):
+        w.unlink()
+    return subprocess.run([*base, "--retries", "2", "--timeout", "30", *requirements], capture_output=True, text=True)
 
 
 def resolve(requirements: list[str], find_links: list[str] | None = None) -> tuple[list[str], list[Path], list[str]]:
@@ -328,6 +335,7 @@ def apply_environment(task, spec: EnvSpec, env: EnvResult) -> None:
     task.environment.python_packages = list(env.pins)
     task.environment.test_cmd = cmd
     task.environment.setup = setup
+    task.environment.timeout_s = max(task.environment.timeout_s, MINED_TIMEOUT_S)
     task.metadata["environment"] = {
         "key": env.key, "requirements": spec.requirements, "pythonpath": spec.pythonpath,
         "pytest_plugins": env.plugins, "evidence": spec.evidence, "notes": env.notes, "skipped": spec.skipped,

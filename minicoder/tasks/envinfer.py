@@ -407,9 +407,10 @@ def _layout(tree: Tree, spec: EnvSpec, ini: dict) -> None:
 
 
 def test_files(tree: Tree) -> list[str]:
+    from minicoder.tasks.mine_git import is_test_module
     from minicoder.tasks.mine_pr import file_kind
 
-    return [p for p in tree.paths if file_kind(p) == ("test", "python") and not p.endswith("conftest.py")]
+    return [p for p in tree.paths if file_kind(p) == ("test", "python") and is_test_module(p)]
 
 
 def infer(repo: str | os.PathLike, commit: str, *, model: Any = None) -> EnvSpec:

@@ -30,6 +30,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +53,12 @@ def _py_is_test(path: str) -> bool:
         return False
     return (p.name.startswith("test_") or p.name.endswith("_test.py") or p.name == "conftest.py"
             or any(part in ("tests", "test", "testing") for part in p.parts[:-1]))
+
+
+def is_test_module(path: str) -> bool:
+    """A file pytest collects by default (`test_*.py`, `*_test.py`): what a candidate's tests run."""
+    name = PurePosixPath(path).name
+    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
 
 
 _PYTEST_LINE = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\s+(\S+)")
@@ -312,6 +319,9 @@ def _why_nothing_passes(run) -> str:
         m = re.search(pat, run.log, re.M)
         if m:
             return m.group(1).strip()[:160]
+    if run.outcomes:
+        counts = Counter(run.outcomes.values())
+        return f"{len(run.outcomes)} tests, none passed ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})"
     return (run.message or run.status)[:160]
 
 
@@ -328,9 +338,12 @@ def execute_candidate(repo: str | os.PathLike, cand: Candidate, *, backend: Any 
         raise MiningError(f"test_scope must be 'changed' or 'all', got {test_scope!r}")
     ids: list[str] = []  # [] = the whole suite (None would mean only the test_patch's files)
     if test_scope == "changed":
-        ids = [p for p in cand.test_files if PurePosixPath(p).name != "conftest.py" and p not in cand.deleted]
-        if not ids:
+        kept = [p for p in cand.test_files if p not in cand.deleted]
+        if not kept:
             return done(False, "the change only deletes test files")
+        ids = [p for p in kept if is_test_module(p)]  # helpers, data and conftest.py go in the test patch only
+        if not ids:
+            return done(False, "the change's test files are not test modules (test_*.py / *_test.py)")
     before = run_tests(task, "", test_ids=ids, backend=backend)
     after = run_tests(task, task.patch, test_ids=ids, backend=backend)
     if not after.patch_applied:

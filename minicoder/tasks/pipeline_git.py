@@ -102,7 +102,7 @@ def synth_git(repo: str | os.PathLike, out: str | os.PathLike, *, rev: str = "HE
                         "spec": spec.to_dict(), "runs": counted.n, "for": cid,
                         "last_check": {"ok": res.ok, "reason": res.reason, **res.check}})
         if not res.ok:
-            return None, record(cid, kept=False, stage="environment", reason=f"environment: {res.reason}",
+            return None, record(cid, kept=False, stage="environment", reason=res.reason,
                                 extra={"environment": spec.to_dict()})
         return BoundEnv(spec, res), None
 
