@@ -74,7 +74,7 @@ from minicoder.tasks.envinfer import (
 )
 
 __all__ = ["EnvBuilder", "EnvError", "EnvResult", "EnvSpec", "ModelHook", "apply_environment", "check_environment",
-           "infer", "infer_for_change", "pytest_plugins", "resolve"]
+           "infer", "infer_for_change", "plugin_modules", "resolve"]
 
 # --- a model for the cases rules cannot decide --------------------------------------------------
 
@@ -238,7 +238,7 @@ def _pin(wheel: Path) -> str:
     return f"{canonicalize_name(name)}=={version}"
 
 
-def pytest_plugins(wheels: list[Path]) -> list[str]:
+def plugin_modules(wheels: list[Path]) -> list[str]:
     """Modules of the `pytest11` entry points in these wheels (loaded with `-p`, autoload being off)."""
     mods = []
     for w in wheels:
@@ -299,7 +299,7 @@ class EnvBuilder:
                 if not ok:
                     return replace(res, ok=False, reason=why, check=detail, built=fresh,
                                    seconds=res.seconds + time.perf_counter() - t0)
-                res.checked, res.check = True, detail
+                res.checked, res.check = "skipped" not in detail, detail
                 res.seconds += time.perf_counter() - t0
             return res if fresh else replace(res, built=False, seconds=0.0)
 
@@ -307,7 +307,7 @@ class EnvBuilder:
         t0 = time.perf_counter()
         try:
             pins, wheels, notes = resolve(spec.requirements, self.find_links)
-            plugins = pytest_plugins(wheels)
+            plugins = plugin_modules(wheels)
             key = hashlib.sha256(json.dumps([PYTHON_VERSION, pins]).encode()).hexdigest()[:12]
             image = ""
             from minicoder.sandbox.base import SandboxError

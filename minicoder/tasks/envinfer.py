@@ -90,7 +90,7 @@ def requirement_lines(text: str, tree: Tree | None = None, where: str = "", _see
             continue
         if line.startswith("-") or line in (".", "..") or line.startswith((".", "/")) or "://" in line:
             continue  # options, the project itself (-e .), local paths and URLs
-        out.append(line)
+        out.append(" ".join(line.split()))
     return out
 
 
@@ -284,12 +284,14 @@ def _setup_py(tree: Tree, spec: EnvSpec, found: dict[str, list[str]]) -> None:
         return
     names = {t.id: n.value for n in ast.walk(mod) if isinstance(n, ast.Assign) for t in n.targets
              if isinstance(t, ast.Name)}
-    for call in (n for n in ast.walk(mod) if isinstance(n, ast.Call)):
+    calls = [n for n in ast.walk(mod) if isinstance(n, ast.Call)]
+    for call in calls:
         fname = getattr(call.func, "id", getattr(call.func, "attr", ""))
         if fname in ("Extension", "cythonize", "Pybind11Extension"):
             spec.problems.append(f"needs compiling: setup.py builds extension modules ({fname})")
             return
-        if fname != "setup":
+    for call in calls:
+        if getattr(call.func, "id", getattr(call.func, "attr", "")) != "setup":
             continue
         for kw in call.keywords:
             val = _literal(kw.value, names)
@@ -413,11 +415,12 @@ def test_files(tree: Tree) -> list[str]:
     return [p for p in tree.paths if file_kind(p) == ("test", "python") and is_test_module(p)]
 
 
-def infer(repo: str | os.PathLike, commit: str, *, model: Any = None) -> EnvSpec:
+def infer(repo: str | os.PathLike, commit: str, *, model: Any = None, change_tests: list[str] = ()) -> EnvSpec:
     """Read the repository's metadata at `commit` and decide packages, layout and test command.
 
     `model`: asked (its `decide(tree, spec, question)`) only where the rules cannot decide; see
-    `envbuild.ModelHook`. Without one the rules decide alone or record the problem."""
+    `envbuild.ModelHook`. Without one the rules decide alone or record the problem.
+    `change_tests`: test files a change brings (a PR may add a project's first tests)."""
     tree = Tree(repo, commit)
     spec = EnvSpec(repo=Path(repo).resolve().name, commit=commit)
     found: dict[str, list[str]] = {"runtime": [], "test": [], "dev": []}
@@ -448,10 +451,13 @@ def infer(repo: str | os.PathLike, commit: str, *, model: Any = None) -> EnvSpec
     runner = [c for c in commands if re.search(r"\b(pytest|py\.test|unittest|nose2?|trial)\b", c)]
     for c in runner:
         m = re.search(r"(?:pytest|py\.test)\s+(.*)$", c)
-        if m:
-            spec.pytest_args = re.sub(r"\{[^}]*\}", " ", m.group(1)).split()[:12]
+        args = re.sub(r"\{[^}]*\}", " ", m.group(1)).split()[:12] if m else []
+        if args:
+            spec.pytest_args = args
             break
-    has_tests = bool(test_files(tree))
+    from minicoder.tasks.mine_git import is_test_module
+
+    has_tests = bool(test_files(tree)) or any(is_test_module(p) for p in change_tests)
     pytest_named = bool(ini) or "pytest.ini" in tree or any("pytest" in r.lower() for b in found.values() for r in b) or \
         any(re.search(r"pytest|py\.test", c) for c in runner)
     if not has_tests or not (pytest_named or runner):
@@ -473,7 +479,7 @@ def infer_for_change(repo: str | os.PathLike, base: str, fix_commit: str, change
     dependency needs it for its own tests to pass); those are noted in the evidence."""
     from minicoder.tasks.mine_pr import file_kind
 
-    spec = infer(repo, base, model=model)
+    spec = infer(repo, base, model=model, change_tests=changed)
     if spec.ok and any(file_kind(p)[0] == "packaging" or p == "tox.ini" for p in changed):
         after = infer(repo, fix_commit)
         names = {canonicalize_name(Requirement(r).name) for r in spec.requirements}

@@ -315,8 +315,9 @@ def build_task(repo: str | os.PathLike, cand: Candidate, *, inline: bool = False
 
 def _why_nothing_passes(run) -> str:
     """A short cause for a run in which no test passed (an import error, the sandbox's message)."""
+    text = f"{run.log}\n{run.message}"
     for pat in (r"^E\s+((?:Module|Import)\w*Error: .*)$", r"^E\s+(\w+(?:Error|Exception): .*)$"):
-        m = re.search(pat, run.log, re.M)
+        m = re.search(pat, text, re.M)
         if m:
             return m.group(1).strip()[:160]
     if run.outcomes:

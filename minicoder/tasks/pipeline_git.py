@@ -34,13 +34,15 @@ from minicoder.tasks.qa import QAConfig
 from minicoder.tasks.runner import COUNTER, count_runs
 
 
-def _check_ids(repo: Path, cand) -> list[str]:
-    """Test files to check an environment with: the candidate's test files that exist at its base
-    (`[]`, the whole suite, when it only adds new ones)."""
-    from minicoder.tasks.mine_git import _git
+def _check_ids(repo: Path, cand) -> list[str] | None:
+    """Test files to check an environment with: the candidate's test modules that exist at its base;
+    `[]` (the whole suite) when it only adds new ones; None when the base has no test module at all."""
+    from minicoder.tasks.mine_git import _git, is_test_module
 
-    have = set(_git(repo, "ls-tree", "-r", "--name-only", cand.base, "--", *cand.test_files).splitlines())
-    return [p for p in cand.test_files if p in have and not p.endswith("conftest.py")]
+    have = [p for p in _git(repo, "ls-tree", "-r", "--name-only", cand.base).splitlines() if is_test_module(p)]
+    if not have:
+        return None
+    return [p for p in cand.test_files if p in set(have)]
 
 
 def synth_git(repo: str | os.PathLike, out: str | os.PathLike, *, rev: str = "HEAD", max_commits: int | None = None,
@@ -87,11 +89,14 @@ def synth_git(repo: str | os.PathLike, out: str | os.PathLike, *, rev: str = "HE
 
     def environment(cand, cid: str) -> tuple[Any, dict | None]:
         """(BoundEnv, None) or (None, the rejection record)."""
-        spec = infer_for_change(repo, cand.base, cand.commit.sha, cand.other_files, model=model)
+        spec = infer_for_change(repo, cand.base, cand.commit.sha, cand.other_files + cand.test_files, model=model)
 
         def check(res) -> tuple[bool, str, dict]:
+            ids = _check_ids(repo, cand)
+            if ids is None:  # nothing to run yet (the change brings the first tests): the next base checks it
+                return True, "", {"skipped": "no test module at the base commit", "commit": cand.base}
             probe = build_task(repo, cand, inline=False, env=BoundEnv(spec, res))
-            return check_environment(probe, _check_ids(repo, cand), backend)
+            return check_environment(probe, ids, backend)
 
         with count_runs() as counted:
             res = builder.build(spec, check=check)
