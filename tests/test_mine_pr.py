@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,34 @@ def test_mining_yields_exactly_the_fix_prs(history, tmp_path):
     assert clamp.FAIL_TO_PASS == ["tests/test_ops.py::test_clamp_reversed"]
     assert clamp.metadata["later_tests"]["from_commit"] == sha["later_test"]
     assert "lo, hi = min(lo, hi)" in clamp.patch and "test_clamp_reversed" in clamp.test_patch
+
+
+def test_each_thread_counts_only_its_own_runs():
+    """Two threads run the sandbox at the same time; each block's count is its own runs (a global
+    counter read before and after, as the pipeline once did, would see the other thread's too)."""
+    from minicoder.sandbox.examples import demo_task
+    from minicoder.tasks.runner import COUNTER, count_runs, run_tests
+
+    task = demo_task()
+    start, one_done = threading.Barrier(2), threading.Event()
+    got: dict[str, tuple[int, int]] = {}
+
+    def worker(name: str, n: int) -> None:
+        with count_runs() as mine:
+            before = COUNTER.n
+            start.wait()
+            for _ in range(n):
+                run_tests(task, "", test_ids=["tests/test_ops.py::test_add"])
+            if name == "one":
+                one_done.set()
+            else:
+                one_done.wait(timeout=300)  # "two"'s block surely spans "one"'s run
+            got[name] = (mine.n, COUNTER.n - before)
+
+    threads = [threading.Thread(target=worker, args=(name, n)) for name, n in (("one", 1), ("two", 2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got["one"][0] == 1 and got["two"][0] == 2
+    assert got["two"][1] == 3  # the global difference over the longer block includes the other thread's run
