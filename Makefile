@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 DOCKER_TESTS ?= $(if $(filter true,$(CI)),1,$(MINICODER_DOCKER_TESTS))
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint docker docker-image bench clean-containers help
+.PHONY: setup demo test lint notebooks docker docker-image bench clean-containers help
 
 help:
 	@echo "make demo    set up (first time) and run the end-to-end toy pipeline"
 	@echo "make test    set up (first time) and run every test (ruff, unit, notebooks; Docker in CI)"
 	@echo "make docker  start a Docker engine if none answers and build the base task image"
 	@echo "make bench   run the CPU benchmarks (bench/*.py), results in bench/results/"
+	@echo "make notebooks  regenerate notebooks/*.ipynb from their py:percent sources (notebooks/*.py)"
 
 setup:
 	@bash scripts/setup.sh
@@ -21,7 +22,11 @@ demo: setup
 	$(VENV)/bin/minicoder demo
 
 lint: setup
-	$(VENV)/bin/ruff check minicoder tests bench
+	$(VENV)/bin/ruff check minicoder tests bench notebooks
+
+# The .py sources are what people edit; --update keeps the committed notebooks' cell ids.
+notebooks: setup
+	@for f in notebooks/[0-9][0-9]_*.py; do $(VENV)/bin/jupytext --to ipynb --update -q "$$f" || exit 1; done
 
 test: setup
 	@if [ "$(DOCKER_TESTS)" = "1" ]; then $(MAKE) --no-print-directory docker; fi
@@ -29,7 +34,7 @@ test: setup
 
 docker: setup
 	@bash envs/docker_engine.sh
-	$(PY) -m minicoder.sandbox.images base
+	$(VENV)/bin/minicoder images base
 
 docker-image: docker
 

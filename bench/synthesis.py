@@ -38,8 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from minicoder.record import Task, read_tasks  # noqa: E402
 from minicoder.tasks.pipeline import machine_info, synth_mutate, validate_file  # noqa: E402
-from minicoder.tasks.schema import Task, read_tasks  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "synthesis.json"
 WORK = ROOT / "bench" / "results" / "tmp" / "synthesis"
@@ -60,7 +60,8 @@ def _section(summary, t_load0) -> dict:
 
 
 def step_humaneval(args) -> dict:
-    from minicoder.tasks.mutate import humaneval_problems, humaneval_subject
+    from minicoder.data.corpus import humaneval_problems
+    from minicoder.tasks.mutate import humaneval_subject
 
     subjects = [humaneval_subject(p) for p in humaneval_problems()]
     if args.limit:

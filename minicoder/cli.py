@@ -1,9 +1,9 @@
 """The `minicoder` command: one entry point, one subcommand per stage of the data's journey.
 
-Each stage owns its subcommand in its own module, exposing ``add_parser(subparsers)`` that
-registers the subcommand and sets ``func`` (called with the parsed args, returns an exit code).
-Add a stage by adding its module to ``COMMANDS`` below. Modules are imported lazily, only for the
-subcommand that runs, so ``minicoder --help`` stays fast.
+Each stage package has one ``cli.py`` whose functions register its subcommands on the argparse
+subparsers and set ``func`` (called with the parsed args, returns an exit code). ``COMMANDS`` below
+names each subcommand's ``"module:function"``; add a subcommand by adding a line. Modules are
+imported lazily, only for the subcommand that runs, so ``minicoder --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -12,21 +12,20 @@ import argparse
 import importlib
 import sys
 
-# subcommand name -> (module with add_parser, one-line help)
+from minicoder.errors import UserError
+
+# subcommand name -> ("module:function" that registers it on the subparsers, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("minicoder.demo", "run the end-to-end toy pipeline (what exists of it) on this machine"),
-    "eval": ("minicoder.sandbox.cli_eval", "grade predictions against tasks in sandboxes (test-based rewards)"),
-    "cleanup": ("minicoder.sandbox.cli_cleanup", "remove leftover sandbox containers and folders"),
-    "pack": ("minicoder.data.cli", "corpus -> tokenizer -> Best-Fit / concat / pad packed sequences, with stats"),
-    "model": ("minicoder.model.cli", "model accounting (params, FLOPs, memory, cache) and checkpoint validation"),
-    "train": ("minicoder.train.cli", "pretrain / mid-train on packed data: exact resume, torchrun + FSDP2, --plan"),
-    "synth": ("minicoder.tasks.cli", "synthesise verifiable tasks: mine git history, or inject bugs (HumanEval, a package)"),
-    "validate": ("minicoder.tasks.validate", "validate tasks in the sandbox: gold passes, empty fails, stable, not exploitable"),
+    "demo": ("minicoder.demo:add_parser", "run the end-to-end toy pipeline on this machine"),
+    "pack": ("minicoder.data.cli:add_parser", "corpus -> tokenizer -> Best-Fit / concat / pad packed sequences, with stats"),
+    "model": ("minicoder.model.cli:add_parser", "model accounting (params, FLOPs, memory, cache) and checkpoint validation"),
+    "train": ("minicoder.train.cli:add_parser", "pretrain / mid-train on packed data: exact resume, torchrun + FSDP2, --plan"),
+    "synth": ("minicoder.tasks.cli:add_synth_parser", "synthesise verifiable tasks: mine git history, or inject bugs (HumanEval, a package)"),
+    "validate": ("minicoder.tasks.cli:add_validate_parser", "validate tasks in the sandbox: gold passes, empty fails, stable, not exploitable"),
+    "eval": ("minicoder.sandbox.cli:add_eval_parser", "grade predictions against tasks in sandboxes (test-based rewards)"),
+    "cleanup": ("minicoder.sandbox.cli:add_cleanup_parser", "remove leftover sandbox containers and folders"),
+    "images": ("minicoder.sandbox.cli:add_images_parser", "build the Docker images task sandboxes run in (make docker)"),
 }
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as a one-line error, exit status 2, no traceback."""
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -39,7 +38,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is not None and name != only:
             sub.add_parser(name, help=help_, add_help=False)
             continue
-        importlib.import_module(module).add_parser(sub)
+        module_name, _, function = module.partition(":")
+        getattr(importlib.import_module(module_name), function)(sub)
     return parser
 
 

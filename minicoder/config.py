@@ -24,7 +24,17 @@ from pathlib import Path
 from typing import Any
 
 LAYER_TYPES = ("linear_attention", "full_attention")
-KERNELS = ("auto", "fla", "triton", "torch")
+#: The one list of kernel names, shared by the gated-delta and MoE ops and checked by
+#: `ModelConfig.kernel`. An op's `register_backend` adds its new name here, so a backend registered
+#: at run time is a valid `kernel` at once. A name only one op implements means "auto" in the other
+#: (fla has no MoE kernel, say).
+KERNELS: list[str] = ["auto", "fla", "triton", "torch", "naive"]
+
+
+def register_kernel_name(name: str) -> None:
+    """Make `name` a valid kernel (called by the ops' `register_backend`)."""
+    if name not in KERNELS:
+        KERNELS.append(name)
 
 
 class ConfigError(ValueError):
@@ -83,8 +93,8 @@ class ModelConfig:
     bos_token_id: int | None = 151643
     eos_token_id: int | list[int] | None = field(default_factory=lambda: [151645, 151643])
     pad_token_id: int | None = None
-    # which gated-delta / MoE kernels to use: "auto" (fla on GPU when installed, else ours),
-    # "fla", "triton" (ours), "torch" (PyTorch reference, runs anywhere)
+    # which gated-delta / MoE kernels to use (`KERNELS`): "auto" (fla on GPU when installed, else
+    # ours), "fla", "triton" (ours), "torch" (PyTorch, runs anywhere), "naive" (the reference loops)
     kernel: str = "auto"
 
     def __post_init__(self) -> None:

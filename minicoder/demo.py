@@ -17,32 +17,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from minicoder.sandbox.cli import add_backend_argument, resolve_backend
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the end-to-end toy pipeline on this machine",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where artifacts go (default: runs/demo)")
     p.add_argument("--only", choices=[name for name, _ in STAGES], help="run just this stage")
-    p.add_argument("--backend", choices=["auto", "local", "docker"], default="auto",
-                   help="sandbox for the task and reward stages (auto: docker when an engine answers, else local)")
+    add_backend_argument(p, auto=True, default="auto")
     p.add_argument("--train-steps", type=int, default=80, help="toy pretraining steps (default: 80)")
     p.set_defaults(func=run)
-
-
-def _backend(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    try:
-        import docker
-
-        docker.from_env(timeout=5).ping()
-        from minicoder.sandbox.images import base_image, ensure_engine
-
-        base_image(ensure_engine(start=False))
-        return "docker"
-    except Exception as e:  # no engine, or no base image: the embedded sandbox needs neither
-        print(f"(no usable Docker engine: {type(e).__name__}; using the local bubblewrap sandbox)")
-        return "local"
 
 
 def stage_data(out: Path, args: argparse.Namespace) -> None:
@@ -73,7 +58,8 @@ def stage_train(out: Path, args: argparse.Namespace) -> None:
 
 
 def stage_tasks(out: Path, args: argparse.Namespace) -> None:
-    from minicoder.tasks.mutate import humaneval_problems, humaneval_subject
+    from minicoder.data.corpus import humaneval_problems
+    from minicoder.tasks.mutate import humaneval_subject
     from minicoder.tasks.pipeline import synth_mutate
 
     subjects = [humaneval_subject(p) for p in humaneval_problems()[:6]]
@@ -83,9 +69,9 @@ def stage_tasks(out: Path, args: argparse.Namespace) -> None:
 
 
 def stage_rewards(out: Path, args: argparse.Namespace) -> None:
+    from minicoder.record import read_tasks
     from minicoder.sandbox import evaluate
     from minicoder.sandbox.examples import demo_task, hostile_patches
-    from minicoder.tasks.schema import read_tasks
 
     tasks_file = out / "tasks.jsonl"
     task = read_tasks(tasks_file)[0] if tasks_file.exists() and tasks_file.stat().st_size else demo_task()
@@ -124,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     stages = [(n, f) for n, f in STAGES if args.only in (None, n)]
-    args.backend_resolved = _backend(args.backend) if args.only in (None, "tasks", "rewards") else "local"
+    args.backend_resolved = resolve_backend(args.backend) if args.only in (None, "tasks", "rewards") else "local"
     print(f"minicoder demo: {len(stages)} stage(s), artifacts in {out}/, sandbox backend: {args.backend_resolved}")
     t_all = time.perf_counter()
     for name, fn in stages:

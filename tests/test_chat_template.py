@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minicoder.train.chat import (
+from minicoder.agent.chat import (
     ChatFormatError,
     chat_segments,
     encode_chat,

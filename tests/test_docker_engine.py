@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from minicoder.record import DEFAULT_IMAGE
 from minicoder.sandbox import images
 from minicoder.sandbox.images import (
-    BASE_TAG,
     ENGINE_SCRIPT,
     ImageBuildError,
     build_context,
@@ -171,7 +171,7 @@ def test_engine_script_is_idempotent(client):
 
 @pytest.mark.docker
 def test_base_image_labels_and_recipe(client, base):
-    assert base == BASE_TAG
+    assert base == DEFAULT_IMAGE
     labels = images.image_labels(client, base)
     assert labels[images.LABEL] == "1"
     assert labels[images.RECIPE_LABEL] == images.base_recipe_hash()

@@ -196,8 +196,8 @@ SRC_BUGGY = "from minicoder_testdep import scale\n\n\ndef tenfold_plus_one(x):\n
 
 @pytest.mark.slow
 def test_dependency_from_a_local_wheel_is_in_the_environment(tmp_path):
+    from minicoder.record import read_tasks
     from minicoder.tasks.pipeline_git import synth_git
-    from minicoder.tasks.schema import read_tasks
 
     wheels = tmp_path / "wheels"
     build_wheel(wheels, "minicoder-testdep", "1.0", TESTDEP)

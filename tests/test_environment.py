@@ -53,7 +53,7 @@ def test_ruff_clean():
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     if ruff is None:
         pytest.fail("ruff is not installed (it is a dev dependency: pip install -e .[dev])")
-    proc = subprocess.run([ruff, "check", "minicoder", "tests", "bench"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([ruff, "check", "minicoder", "tests", "bench", "notebooks"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from minicoder.cli import main
+from minicoder.record import write_tasks
 from minicoder.sandbox.examples import demo_task, hostile_patches
-from minicoder.tasks.schema import write_tasks
 
 
 @pytest.fixture

@@ -305,6 +305,9 @@ def test_register_backend_is_an_extension_point():
 
     gd.register_backend("mine", lambda: gd.Backend(chunk=mine))
     try:
+        from minicoder.config import ModelConfig
+
+        assert ModelConfig.from_preset("toy", kernel="mine").kernel == "mine"  # the one list of names
         q, k, v, g, beta = make(T=12)
         o, _ = chunk_gated_delta_rule(q, k, v, g, beta, kernel="mine", use_qk_l2norm_in_kernel=True)
         assert calls and calls[0]["use_qk_l2norm_in_kernel"] is True
@@ -312,7 +315,7 @@ def test_register_backend_is_an_extension_point():
     finally:
         gd._LOADERS.pop("mine")
         gd._LOADED.pop("mine", None)
-        gd.KERNELS = tuple(x for x in gd.KERNELS if x != "mine")
+        gd.KERNELS.remove("mine")
     broken = "minicoder_no_such_module_for_test"
     gd.register_backend("broken", gd._load_module(broken))
     try:
@@ -321,7 +324,7 @@ def test_register_backend_is_an_extension_point():
     finally:
         gd._LOADERS.pop("broken")
         gd._LOADED.pop("broken", None)
-        gd.KERNELS = tuple(x for x in gd.KERNELS if x != "broken")
+        gd.KERNELS.remove("broken")
 
 
 @pytest.mark.slow  # a fresh interpreter

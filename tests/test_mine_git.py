@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from minicoder.gitdiff import patch_files
 from minicoder.tasks.mine_git import (
     LANGUAGES,
     MiningError,
@@ -23,7 +24,6 @@ from minicoder.tasks.mine_git import (
     split_commit,
 )
 from minicoder.tasks.mine_pr import classify_commit, mine
-from minicoder.tasks.patches import changed_files
 
 ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
        "GIT_COMMITTER_EMAIL": "t@x", "GIT_CONFIG_NOSYSTEM": "1"}
@@ -117,7 +117,7 @@ def test_static_filter_and_split(history):
                        "stats": "", "fix_mean": "", "docs_and_test": ""}
     cand, _ = classify_commit(repo, commits[shas["fix_mul"]])
     fix, tests = split_commit(repo, cand)
-    assert changed_files(fix) == ["calc.py"] and changed_files(tests) == ["tests/test_calc.py"]
+    assert patch_files(fix) == ["calc.py"] and patch_files(tests) == ["tests/test_calc.py"]
     assert "-    for _ in range(b - 1):" in fix and "+    for _ in range(b):" in fix
     assert "+def test_mul():" in tests and "range(b" not in tests
 

@@ -182,8 +182,8 @@ def test_statement_from_messages_and_failures_never_the_diff(history):
 
 @pytest.mark.slow
 def test_mining_yields_exactly_the_fix_prs(history, tmp_path):
+    from minicoder.record import read_tasks
     from minicoder.tasks.pipeline_git import synth_git
-    from minicoder.tasks.schema import read_tasks
 
     repo, sha = history
     out = tmp_path / "tasks.jsonl"

@@ -12,18 +12,18 @@ import ast
 
 import pytest
 
+from minicoder.data.corpus import humaneval_problems
+from minicoder.gitdiff import apply_to_snapshot
 from minicoder.tasks.mutate import (
     OPERATORS,
     MutationError,
     apply_mutations,
     candidates,
     find_mutations,
-    humaneval_problems,
     humaneval_subject,
     humaneval_tests,
     sample_mutations,
 )
-from minicoder.tasks.patches import apply_patch
 
 SRC = '''def f(xs, n):
     """Doc."""
@@ -124,15 +124,15 @@ def test_gold_patch_restores_the_original():
     for _cid, ms in candidates(s, 4, seed=0):
         buggy = {"solution.py": apply_mutations(s.files["solution.py"], ms)}
         task = s.task("x", buggy, ["t"], [], "statement", {})
-        assert apply_patch(buggy, task.patch) == s.files
+        assert apply_to_snapshot(buggy, task.patch) == s.files
         assert task.environment.files == buggy and "test_solution.py" not in buggy
 
 
 @pytest.mark.slow
 def test_humaneval_mutation_tasks_validate_in_the_sandbox(tmp_path):
+    from minicoder.record import read_tasks
     from minicoder.sandbox.reward import evaluate
     from minicoder.tasks.pipeline import synth_mutate
-    from minicoder.tasks.schema import read_tasks
 
     subject = humaneval_subject(humaneval_problems()[4])  # two sampled bugs on different lines: combinable
     s = synth_mutate([subject], tmp_path / "t.jsonl", per_subject=2, combine=1, seed=0, validate=True,

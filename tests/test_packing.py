@@ -15,8 +15,6 @@ from minicoder.data.packing import (
     IGNORE_INDEX,
     Ragged,
     StreamStats,
-    _CapacityBits,
-    _CapacityTree,
     best_fit_pack,
     best_fit_pack_reference,
     concat_pack,
@@ -27,6 +25,7 @@ from minicoder.data.packing import (
     stream_pack,
     stream_packed_batches,
 )
+from minicoder.data.packing.bfd import _CapacityBits, _CapacityTree
 
 
 def brute_force_bfd(lengths, L):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from minicoder.tasks.patches import make_diff, normalise_patch, parse_patch
+from minicoder.gitdiff import file_diff, normalise_patch, parse_patch
+from minicoder.record import Environment, Task
 from minicoder.tasks.qa import QAConfig, jaccard, leaked_lines, run_qa, touches_change
-from minicoder.tasks.schema import Environment, Task
 
 BUGGY = "def area(w, h):\n    return w + h\n\n\ndef perimeter(w, h):\n    return 2 * (w + h)\n"
 FIXED = BUGGY.replace("return w + h", "return w * h")
@@ -15,16 +15,16 @@ STATEMENT = "area() returns the wrong value for rectangles: area(2, 3) should be
 def task(name: str, patch: str | None = None, tests: str = TESTS, statement: str = STATEMENT,
          subject: str = "s") -> Task:
     return Task(instance_id=name, repo="demo/geometry", base_commit="",
-                patch=patch if patch is not None else make_diff("geometry.py", BUGGY, FIXED),
-                test_patch=make_diff("test_geometry.py", None, tests), problem_statement=statement,
+                patch=patch if patch is not None else file_diff("geometry.py", BUGGY, FIXED),
+                test_patch=file_diff("test_geometry.py", None, tests), problem_statement=statement,
                 FAIL_TO_PASS=["test_geometry.py::test_area"], PASS_TO_PASS=[],
                 environment=Environment(files={"geometry.py": BUGGY}), source="manual",
                 metadata={"subject": subject})
 
 
 def test_normalised_patch_ignores_offsets_and_whitespace():
-    a = make_diff("geometry.py", BUGGY, FIXED)
-    b = make_diff("geometry.py", "\n\n" + BUGGY, "\n\n" + FIXED.replace("w * h", "w  *  h"))
+    a = file_diff("geometry.py", BUGGY, FIXED)
+    b = file_diff("geometry.py", "\n\n" + BUGGY, "\n\n" + FIXED.replace("w * h", "w  *  h"))
     assert a != b and normalise_patch(a) == normalise_patch(b)
     fp = parse_patch(a)[0]
     assert (fp.path, fp.removed, fp.added) == ("geometry.py", ["    return w + h"], ["    return w * h"])
@@ -46,17 +46,17 @@ def test_tests_must_name_the_changed_code():
 
 def test_qa_rejects_each_planted_task_with_its_reason():
     big_old = "".join(f"x{i} = {i}\n" for i in range(300))
-    big = make_diff("geometry.py", big_old, big_old.replace(" = ", " = 1 + "))
+    big = file_diff("geometry.py", big_old, big_old.replace(" = ", " = 1 + "))
     near_fixed = FIXED.replace("return w * h", "return w * h  # fixed")  # token 3-gram Jaccard 0.85
     tasks = [
         task("good"),
-        task("dup_of_good", patch=make_diff("geometry.py", "\n" + BUGGY, "\n" + FIXED)),
+        task("dup_of_good", patch=file_diff("geometry.py", "\n" + BUGGY, "\n" + FIXED)),
         task("same_fix_other_subject", subject="other"),
         task("oversized", patch=big),
         task("short", statement="fix it"),
         task("leaky", statement=STATEMENT + " Use: return w * h"),
         task("untouched", tests="import math\n\n\ndef test_pi():\n    assert math.pi > 3\n"),
-        task("near_dup", patch=make_diff("geometry.py", BUGGY, near_fixed)),
+        task("near_dup", patch=file_diff("geometry.py", BUGGY, near_fixed)),
     ]
     rep = run_qa(tasks, QAConfig(near_dup_threshold=0.8))
     assert [t.instance_id for t in rep.kept] == ["good", "same_fix_other_subject"]

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from minicoder.gitdiff import make_diff, materialize_repo
 from minicoder.sandbox.base import ExecResult
 from minicoder.sandbox.examples import BASE_FILES, demo_task
 from minicoder.sandbox.junit import ReportError, nodeid_from_attrs, parse_junit
-from minicoder.sandbox.patching import apply_patch, changed_paths, decode_patch, make_diff, protect
+from minicoder.sandbox.patching import apply_patch, changed_paths, decode_patch, protect
 from minicoder.sandbox.reward import TestRun, _judge, evaluate, pytest_args, run_tests
-from minicoder.tasks.schema import materialize_repo
 
 
 @pytest.fixture(scope="module")

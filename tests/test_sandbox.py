@@ -183,8 +183,8 @@ def test_docker_pool_hands_out_each_container_once_and_shuts_down(docker_client)
 def test_task_with_python_packages(backend, request):
     """A task whose tests need a package the base image lacks: wheels downloaded on the host, a
     per-repository image (docker, content-hash tag, built with no network) or runtime (local)."""
+    from minicoder.gitdiff import make_diff
     from minicoder.sandbox.examples import BASE_FILES, TEST_MEAN, demo_task
-    from minicoder.sandbox.patching import make_diff
     from minicoder.sandbox.reward import evaluate
 
     t = demo_task()

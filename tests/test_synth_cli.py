@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from minicoder.cli import main
-from minicoder.tasks.schema import read_tasks, write_tasks
+from minicoder.record import read_tasks, write_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,17 +88,17 @@ def test_interrupted_run_resumes_without_redoing_work(tmp_path):
 
 @pytest.mark.slow
 def test_validate_command_exit_status(tmp_path):
-    from minicoder.tasks.patches import make_diff
-    from minicoder.tasks.schema import Environment, Task
+    from minicoder.gitdiff import file_diff
+    from minicoder.record import Environment, Task
 
     buggy = "def inc(x: int) -> int:\n    return x + 2\n"
     good = Task(instance_id="good", repo="demo/m", base_commit="",
-                patch=make_diff("m.py", buggy, buggy.replace("+ 2", "+ 1")),
-                test_patch=make_diff("test_m.py", None, "from m import inc\n\n\ndef test_inc():\n    assert inc(1) == 2\n"),
+                patch=file_diff("m.py", buggy, buggy.replace("+ 2", "+ 1")),
+                test_patch=file_diff("test_m.py", None, "from m import inc\n\n\ndef test_inc():\n    assert inc(1) == 2\n"),
                 problem_statement="inc adds two instead of one", FAIL_TO_PASS=["test_m.py::test_inc"], PASS_TO_PASS=[],
                 environment=Environment(files={"m.py": buggy}), source="manual")
     weak = Task(**{**good.__dict__, "instance_id": "weak",
-                   "test_patch": make_diff("test_m.py", None, "from m import inc\n\n\ndef test_inc():\n"
+                   "test_patch": file_diff("test_m.py", None, "from m import inc\n\n\ndef test_inc():\n"
                                                              "    assert inc(1) > 0\n")})
     path = tmp_path / "tasks.jsonl"
     write_tasks(path, [good])

@@ -8,16 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from minicoder.tasks.schema import (
-    Environment,
-    Task,
-    TaskFormatError,
-    materialize_repo,
-    read_tasks,
-    save_tasks,
-    snapshot_files,
-    write_tasks,
-)
+from minicoder.gitdiff import materialize_repo, snapshot_files
+from minicoder.record import Environment, Task, TaskFormatError, read_tasks, save_tasks, write_tasks
 
 PATCH = "diff --git a/m.py b/m.py\n--- a/m.py\n+++ b/m.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n"
 

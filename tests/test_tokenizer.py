@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from tokenizers import AddedToken, pre_tokenizers, trainers
 
+from minicoder.agent.chat import render_chat
 from minicoder.data.corpus import iter_corpus, stdlib_documents
 from minicoder.data.tokenizer import (
     EOS_TOKEN,
@@ -101,14 +102,14 @@ def test_encode_documents_appends_eos(tok, train_texts):
 
 def test_chat_format(tok):
     msgs = [{"role": "user", "content": "fix the bug"}, {"role": "assistant", "content": "<tool_call>x</tool_call>"}]
-    s = tok.chat(msgs)
+    s = render_chat(msgs)  # the one chat template (minicoder.agent.chat) on this tokenizer
     assert s == "<|im_start|>user\nfix the bug<|im_end|>\n<|im_start|>assistant\n<tool_call>x</tool_call><|im_end|>\n"
     ids = tok.encode(s, allow_special=True)
     sp = tok.special_ids
     assert ids[0] == sp["<|im_start|>"] and ids.count(sp["<|im_end|>"]) == 2 and sp["<tool_call>"] in ids
     assert tok.decode(ids) == s
     with pytest.raises(ValueError, match="role"):
-        tok.chat([{"content": "x"}])
+        render_chat([{"content": "x"}])
 
 
 @pytest.mark.slow
@@ -146,7 +147,7 @@ def test_qwen_layout_folder_matches_transformers(tmp_path, train_texts):
     theirs = AutoTokenizer.from_pretrained(str(tmp_path))
     assert theirs.convert_tokens_to_ids("<|im_end|>") == ours.special_ids["<|im_end|>"]
     assert theirs.pad_token_id == ours.pad_id
-    for text in [train_texts[70][:4000], ours.chat([{"role": "user", "content": "héllo 🙂"}])]:
+    for text in [train_texts[70][:4000], render_chat([{"role": "user", "content": "héllo 🙂"}])]:
         ids = ours.encode(text, allow_special=True)
         assert ids == theirs(text, add_special_tokens=False)["input_ids"]
         assert theirs.decode(ids) == ours.decode(ids) == text

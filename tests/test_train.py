@@ -11,7 +11,6 @@ import torch
 
 from minicoder.config import ModelConfig
 from minicoder.model import HybridLM
-from minicoder.model.model import shift_targets
 from minicoder.train import PackedDataset, TrainConfig, Trainer, WarmupCosine, target_entropy, unigram_entropy
 from minicoder.train.data import RowSampler
 from minicoder.train.optim import decay_policy, make_optimizer
@@ -72,7 +71,7 @@ def test_loss_falls_clearly_below_unigram_entropy_on_stdlib(stdlib_tok):
 def _targets(tr: Trainer, ds: PackedDataset, rows) -> tuple[np.ndarray, np.ndarray]:
     b = ds.batch(np.asarray(rows))
     t = tr._tensors(b)
-    tgt = shift_targets(t["labels"], t["cu_seqlens"])[0].numpy()
+    tgt = t["targets"][0].numpy()  # what the trainer's loss reads (pre-shifted)
     return tgt, b.input_ids.reshape(-1)
 
 
@@ -98,14 +97,14 @@ def test_no_loss_across_document_boundaries_or_on_padding():
 
 
 def test_mid_training_loss_only_on_assistant_tokens():
+    from minicoder.agent.chat import encode_chat
     from minicoder.data.tokenizer import train_tokenizer
-    from minicoder.train.chat import encode_chat
 
     convs = [[{"role": "user", "content": f"question {i}"},
               {"role": "assistant", "content": f"answer {i}", "tool_calls": [{"name": "run", "arguments": {"x": i}}]},
               {"role": "tool", "content": "ok " * i},
               {"role": "assistant", "content": f"done {i}"}] for i in range(6)]
-    from minicoder.train.chat import render_chat
+    from minicoder.agent.chat import render_chat
 
     tok = train_tokenizer([render_chat(c) for c in convs] * 3, vocab_size=300)
     enc = [encode_chat(c, tok) for c in convs]
@@ -224,3 +223,22 @@ def test_bf16_training_on_gpu_learns():
     assert all(math.isfinite(r["loss"]) for r in recs)
     assert next(model.parameters()).dtype == torch.float32
     assert recs[-1]["loss"] < 0.5 * recs[0]["loss"]
+
+
+def test_token_loss_sum_with_weights_is_the_weighted_cross_entropy():
+    """The loss the RL stage reuses: per-token weights multiply each position's cross-entropy."""
+    from minicoder.train.losses import count_targets, token_logprobs, token_loss_sum
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 7, 11, generator=g)
+    targets = torch.tensor([[3, -100, 5, 0, -100, 10, 2]])
+    w = torch.tensor([[0.5, 9.0, -1.0, 2.0, 9.0, 1.0, 0.25]])
+    logp = torch.log_softmax(logits, -1)[0]
+    by_hand = sum(-float(w[0, t]) * float(logp[t, targets[0, t]]) for t in range(7) if targets[0, t] != -100)
+    assert abs(float(token_loss_sum(logits, targets, w)) - by_hand) < 1e-5
+    plain = sum(-float(logp[t, targets[0, t]]) for t in range(7) if targets[0, t] != -100)
+    assert abs(float(token_loss_sum(logits, targets)) - plain) < 1e-5
+    assert abs(float(token_loss_sum(logits, targets, torch.ones(1, 7))) - plain) < 1e-5
+    lp = token_logprobs(logits, targets)
+    assert lp[0, 1] == 0 and abs(float(lp[0, 2]) - float(logp[2, 5])) < 1e-6
+    assert count_targets(targets) == 5

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from minicoder.tasks.patches import make_diff
-from minicoder.tasks.schema import Environment, Task
-from minicoder.train.chat import chat_segments, parse_assistant
+from minicoder.agent.chat import AGENT_TOOLS, chat_segments, parse_assistant
+from minicoder.gitdiff import file_diff
+from minicoder.record import Environment, Task
 from minicoder.train.trajectories import (
-    AGENT_TOOLS,
     TrajectoryError,
     build_trajectories,
     patched_paths,
@@ -21,14 +20,14 @@ TEST = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
 
 
 def make_task(patch_new: str = FIXED, iid: str = "calc_1") -> Task:
-    return Task(instance_id=iid, repo="demo/calc", base_commit="", patch=make_diff("calc.py", SRC, patch_new),
-                test_patch=make_diff("test_calc.py", None, TEST), problem_statement="add() subtracts instead of adding.",
+    return Task(instance_id=iid, repo="demo/calc", base_commit="", patch=file_diff("calc.py", SRC, patch_new),
+                test_patch=file_diff("test_calc.py", None, TEST), problem_statement="add() subtracts instead of adding.",
                 FAIL_TO_PASS=["test_calc.py::test_add"], PASS_TO_PASS=[], environment=Environment(files={"calc.py": SRC}))
 
 
 def test_patched_paths():
     assert patched_paths(make_task().patch) == ["calc.py"]
-    assert patched_paths(make_diff("new.py", None, "x\n") + make_diff("gone.py", "y\n", None)) == ["new.py"]
+    assert patched_paths(file_diff("new.py", None, "x\n") + file_diff("gone.py", "y\n", None)) == ["new.py"]
 
 
 @pytest.mark.parametrize("runner", ["local", "formatted"])
@@ -54,7 +53,6 @@ def test_trajectory_shape_and_parseable_calls(runner):
 
 @pytest.mark.slow
 def test_sandbox_observations_are_real():
-    pytest.importorskip("minicoder.sandbox.reward")
     tr = trajectory_from_task(make_task(), runner="sandbox")
     assert tr.observed == "sandbox"
     assert "assert -1 == 5" in tr.messages[5]["content"]
@@ -77,3 +75,16 @@ def test_a_patch_that_does_not_fix_is_refused():
 def test_unknown_runner_is_a_clear_error():
     with pytest.raises(TrajectoryError, match="unknown runner"):
         trajectory_from_task(make_task(), runner="magic")
+
+
+def test_no_silent_unisolated_fallback():
+    """Task code runs unisolated only when runner="local" is asked for by name; the default is the
+    sandbox, and the old "auto" (sandbox if importable, else local) is an error, not a fallback."""
+    import inspect
+
+    from minicoder.train.trajectories import resolve_runner, sandbox_runner
+
+    assert inspect.signature(trajectory_from_task).parameters["runner"].default == "sandbox"
+    assert resolve_runner("sandbox").__qualname__ == sandbox_runner().__qualname__
+    with pytest.raises(TrajectoryError, match="unknown runner 'auto'"):
+        resolve_runner("auto")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from minicoder.tasks.patches import apply_patch, make_diff
-from minicoder.tasks.schema import Environment, Task
+from minicoder.gitdiff import apply_to_snapshot, file_diff
+from minicoder.record import Environment, Task
 from minicoder.tasks.validate import (
     TRIVIAL_BODIES,
     changed_functions,
@@ -23,8 +23,8 @@ from minicoder.tasks.validate import (
 
 
 def make_task(buggy: str, fixed: str, tests: str, f2p: list[str], p2p: list[str], name: str = "t") -> Task:
-    return Task(instance_id=name, repo="demo/m", base_commit="", patch=make_diff("m.py", buggy, fixed),
-                test_patch=make_diff("test_m.py", None, tests), problem_statement="m is wrong",
+    return Task(instance_id=name, repo="demo/m", base_commit="", patch=file_diff("m.py", buggy, fixed),
+                test_patch=file_diff("test_m.py", None, tests), problem_statement="m is wrong",
                 FAIL_TO_PASS=f2p, PASS_TO_PASS=p2p,
                 environment=Environment(files={"m.py": buggy}, timeout_s=30), source="manual")
 
@@ -51,8 +51,8 @@ def test_exploit_patches_apply_on_top_of_the_gold_patch():
     task = make_task(EVEN_BUGGY, EVEN_FIXED, "", ["x"], [])
     trivial, stub, note = exploit_patches(task)
     assert note == "`is_even`" and set(trivial) == {"pass", "return True", "return False"}
-    assert "raise NotImplementedError" in apply_patch(task.environment.files, stub)["m.py"]
-    assert apply_patch(task.environment.files, trivial["pass"])["m.py"].endswith('"""True for even n."""\n    pass\n')
+    assert "raise NotImplementedError" in apply_to_snapshot(task.environment.files, stub)["m.py"]
+    assert apply_to_snapshot(task.environment.files, trivial["pass"])["m.py"].endswith('"""True for even n."""\n    pass\n')
 
 
 @pytest.mark.slow

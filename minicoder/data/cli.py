@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _user_error(e: Exception):
-    from minicoder.cli import UserError
+    from minicoder.errors import UserError
 
     return UserError(str(e))
 

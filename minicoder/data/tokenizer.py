@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from minicoder.data.packing.batch import Ragged
+
 # Qwen2 / Qwen3 pre-tokenisation regex (as in their tokenizer.json "Split" pre-tokenizer).
 QWEN_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -124,8 +126,6 @@ class CodeTokenizer:
                          progress: bool = False):
         """Tokenize documents into a ``Ragged`` array (flat ids + offsets), each ending with
         ``<|endoftext|>`` when ``append_eos`` (so the model learns where documents end)."""
-        from .packing import Ragged
-
         chunks: list[np.ndarray] = []
         lengths: list[int] = []
         batch: list[str] = []
@@ -157,18 +157,6 @@ class CodeTokenizer:
         np.cumsum(lengths, out=offsets[1:])
         flat = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
         return Ragged(flat, offsets)
-
-    # ---- chat format (Qwen's ChatML)
-    def chat(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-        """Render messages ({"role", "content"}) in ChatML: ``<|im_start|>role\\ncontent<|im_end|>\\n``."""
-        out = []
-        for m in messages:
-            if "role" not in m or "content" not in m:
-                raise ValueError(f"a chat message needs 'role' and 'content', got keys {sorted(m)}")
-            out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
-        if add_generation_prompt:
-            out.append("<|im_start|>assistant\n")
-        return "".join(out)
 
     # ---- persistence
     def save(self, path: str | os.PathLike) -> Path:

@@ -34,8 +34,8 @@ def _gib(n: float) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from minicoder.cli import UserError
     from minicoder.config import ConfigError, ModelConfig
+    from minicoder.errors import UserError
     from minicoder.model.accounting import count_parameters, flops_per_token, memory_plan, summary
     from minicoder.model.cache import cache_bytes_per_token
 
@@ -71,8 +71,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from minicoder.cli import UserError
     from minicoder.config import ConfigError
+    from minicoder.errors import UserError
     from minicoder.model.hf import CheckpointError, check_checkpoint
 
     try:

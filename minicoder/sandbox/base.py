@@ -43,6 +43,7 @@ REPORT_DIR = "/report"  # where the test report directory is mounted (outside th
 HOME = "/tmp/home"  # fake HOME inside the sandbox (private tmp)
 SANDBOX_UID = 1000  # the uid untrusted code sees inside the sandbox (mapped to a host uid)
 ROOT_PREFIX = "minicoder-sb-"  # host temp dirs: minicoder-sb-<owner pid>-<random>
+BACKENDS = ("local", "docker")  # the sandbox backends: bubblewrap namespaces, or a Docker engine
 
 
 class SandboxError(RuntimeError):

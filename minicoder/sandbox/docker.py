@@ -341,7 +341,7 @@ class DockerSandbox(Sandbox):
 
     def __init__(self, limits: Limits | None = None, image: str | None = None, pool: ContainerPool | None = None):
         super().__init__(limits)
-        from minicoder.tasks.schema import DEFAULT_IMAGE
+        from minicoder.record import DEFAULT_IMAGE
 
         self.pool = pool or get_pool(image or DEFAULT_IMAGE, self.limits)
         self.slot = self.pool.acquire()

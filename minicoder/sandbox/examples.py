@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from minicoder.sandbox.patching import make_diff
-from minicoder.tasks.schema import Environment, Task
+from minicoder.gitdiff import make_diff
+from minicoder.record import Environment, Task
 
 OPS = '''"""Small numeric helpers."""
 

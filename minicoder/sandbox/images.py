@@ -15,15 +15,15 @@ Design choices:
   of envs/base/; ``base_image`` is a no-op when an image with that tag and recipe exists, and
   rebuilds when the recipe changed. ``hashed_tag`` gives task images the same property.
 - This is a library for the sandbox backends (``ensure_engine``, ``base_image``,
-  ``build_from_dockerfile``, ``image_exists``, ``content_hash``); ``python -m
-  minicoder.sandbox.images base [--rebuild]`` is the command line that ``make docker`` runs.
+  ``build_from_dockerfile``, ``image_exists``, ``content_hash``); ``minicoder images base
+  [--rebuild]`` (in ``sandbox/cli.py``) is the command line that ``make docker`` runs. The base
+  image's name is the task record's ``DEFAULT_IMAGE``.
 - Errors name the problem and what to do (``DockerUnavailable``, ``ImageBuildError``); no bare
   tracebacks from deep inside the SDK.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -38,13 +38,14 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from minicoder.record import DEFAULT_IMAGE
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENVS_DIR = REPO_ROOT / "envs"
 BASE_RECIPE_DIR = ENVS_DIR / "base"
 ENGINE_SCRIPT = ENVS_DIR / "docker_engine.sh"
 ROOTFS_SCRIPT = BASE_RECIPE_DIR / "build_rootfs.sh"
 
-BASE_TAG = "minicoder/python:3.11"
 REGISTRY_BASE = "python:3.11-slim"  # the FROM of envs/base/Dockerfile when a registry is reachable
 ROOTFS_REPO = "minicoder/bookworm-rootfs"  # the imported debootstrap rootfs (offline FROM)
 LABEL = "minicoder"  # every image and container minicoder makes carries minicoder=1
@@ -411,7 +412,7 @@ def _pick_source(client, source: str, log: Log) -> str:
         return "offline"
 
 
-def base_image(client, tag: str = BASE_TAG, rebuild: bool = False, source: str | None = None, log: Log = _print) -> str:
+def base_image(client, tag: str = DEFAULT_IMAGE, rebuild: bool = False, source: str | None = None, log: Log = _print) -> str:
     """Make sure the base task image ``tag`` exists and is built from the current envs/base/ recipe.
 
     A no-op when it exists with the current ``minicoder.recipe`` label (unless ``rebuild``).
@@ -501,7 +502,7 @@ def run_probe(client, image: str, command: list[str], *, user: str = SANDBOX_USE
         container.remove(force=True)
 
 
-def verify_image(client, tag: str = BASE_TAG) -> dict[str, Any]:
+def verify_image(client, tag: str = DEFAULT_IMAGE) -> dict[str, Any]:
     """Run the base image as ``sandbox`` with no network and check it has what tasks need:
     Python 3.11, pytest, git, a writable workdir. Returns what it found; raises ``ImageBuildError``."""
     code, out = run_probe(client, tag, ["python3", "-c", _PROBE], labels={"minicoder.role": "verify"})
@@ -523,48 +524,6 @@ def verify_image(client, tag: str = BASE_TAG) -> dict[str, Any]:
     return found
 
 
-# ------------------------------------------------------------------------------------------ command
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m minicoder.sandbox.images",
-        description="Build the Docker images minicoder's task sandboxes run in.",
-    )
-    sub = parser.add_subparsers(dest="what", required=True)
-    p = sub.add_parser("base", help=f"make sure the base task image {BASE_TAG} exists (build it if not)")
-    p.add_argument("--rebuild", action="store_true", help="rebuild even if it exists (and redo the rootfs)")
-    p.add_argument("--source", choices=["auto", "registry", "offline"], default=None,
-                   help=f"FROM {REGISTRY_BASE} (registry) or debootstrap (offline); default auto")
-    p.add_argument("--tag", default=BASE_TAG, help=f"image tag (default {BASE_TAG})")
-    p.add_argument("--no-start", action="store_true", help="do not try to start an engine when none answers")
-    args = parser.parse_args(argv)
-    repo, _, version = args.tag.rpartition(":") if ":" in args.tag else (args.tag, "", "latest")
-    if not _REPO_RE.match(repo) or not re.fullmatch(r"[\w][\w.-]{0,127}", version):
-        parser.error(f"--tag {args.tag!r} is not a valid image name (like minicoder/python:3.11)")
-
-    t0 = time.perf_counter()
-    try:
-        client = ensure_engine(start=not args.no_start)
-        existed = image_exists(client, args.tag) and image_labels(client, args.tag).get(RECIPE_LABEL) == base_recipe_hash()
-        base_image(client, args.tag, rebuild=args.rebuild, source=args.source)
-        found = verify_image(client, args.tag)
-    except (DockerUnavailable, ImageBuildError, ValueError) as e:
-        print(f"images: error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # the SDK's own errors (docker.errors.*, requests' time-outs): one line too
-        if not type(e).__module__.startswith(("docker", "requests", "urllib3")):
-            raise
-        print(f"images: error: the Docker engine failed or did not answer: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    dt = time.perf_counter() - t0
-    img = client.images.get(args.tag)
-    what = "already up to date" if existed and not args.rebuild else "built"
-    print(
-        f"{args.tag} {what} in {dt:.1f}s: {img.short_id}, {img.attrs['Size'] / 2**20:.0f} MiB, "
-        f"from {img.labels.get('minicoder.base-source', '?')}; python {found['python']}, "
-        f"{found['pytest']}, {found['git']}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def valid_repository(repo: str) -> bool:
+    """Whether `repo` (an image name without its tag) is a valid Docker repository name."""
+    return bool(_REPO_RE.match(repo))

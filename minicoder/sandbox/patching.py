@@ -26,27 +26,17 @@ one of these files; the changes that were dropped are listed in the result.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path, PurePosixPath
 
+from minicoder.gitdiff import patch_files, run_git
 from minicoder.sandbox.base import PatchResult
 
 PROTECTED_NAMES = {"conftest.py", "pytest.ini", ".pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml",
                    "sitecustomize.py", "usercustomize.py"}
 # top-level names of the test runner's own packages, besides the standard library
 RUNNER_PACKAGES = {"pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py", "exceptiongroup", "tomli"}
-
-_GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "HOME": "/nonexistent",
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
-
-
-def _git(ws: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-c", "safe.directory=*", "-c", "core.hooksPath=/dev/null",
-                           "-c", "core.fsmonitor=false", *args],
-                          cwd=ws, input=stdin, capture_output=True, env=_GIT_ENV)
-
 
 def decode_patch(patch: str | bytes | None) -> tuple[str | None, str]:
     """(text, "") for a usable patch text, or (None, why) when it cannot be one."""
@@ -72,7 +62,7 @@ def decode_patch(patch: str | bytes | None) -> tuple[str | None, str]:
 
 def changed_paths(ws: Path) -> list[str]:
     """Paths that differ from the base commit (modified, added, deleted; untracked included)."""
-    proc = _git(ws, "status", "--porcelain=v1", "-z", "--no-renames", "--untracked-files=all", "--ignored=no")
+    proc = run_git(ws, "status", "--porcelain=v1", "-z", "--no-renames", "--untracked-files=all", "--ignored=no")
     if proc.returncode != 0:
         raise RuntimeError(f"git status failed: {proc.stderr.decode(errors='replace').strip()}")
     out = []
@@ -97,7 +87,7 @@ def apply_patch(ws: Path, patch: str | bytes | None) -> PatchResult:
     try:
         errors = []
         for extra in ([], ["--recount"]):
-            proc = _git(ws, "apply", "--whitespace=nowarn", *extra, path)
+            proc = run_git(ws, "apply", "--whitespace=nowarn", *extra, path)
             if proc.returncode == 0:
                 return PatchResult(True, "applied" + (" (with --recount)" if extra else ""), changed_paths(ws))
             errors.append(proc.stderr.decode("utf-8", errors="replace").strip())
@@ -126,17 +116,17 @@ def _safe_parent(ws: Path, rel: str, create: bool) -> Path | None:
 
 def restore_path(ws: Path, rel: str) -> None:
     """Put `rel` back to its content at the base commit (HEAD), or delete it if HEAD lacks it."""
-    kind = _git(ws, "cat-file", "-t", f"HEAD:{rel}").stdout.strip()
+    kind = run_git(ws, "cat-file", "-t", f"HEAD:{rel}").stdout.strip()
     if kind == b"tree":  # a directory at base (the candidate may have put a symlink or file there)
         parent = _safe_parent(ws, rel, create=True)
         target = parent / PurePosixPath(rel).name
         if target.is_symlink() or target.is_file():
             target.unlink()
-        listing = _git(ws, "ls-tree", "-r", "-z", "--name-only", "HEAD", "--", rel).stdout
+        listing = run_git(ws, "ls-tree", "-r", "-z", "--name-only", "HEAD", "--", rel).stdout
         for sub in filter(None, listing.decode("utf-8", errors="surrogateescape").split("\0")):
             restore_path(ws, sub)
         return
-    proc = _git(ws, "cat-file", "-p", f"HEAD:{rel}")
+    proc = run_git(ws, "cat-file", "-p", f"HEAD:{rel}")
     base = proc.stdout if proc.returncode == 0 else None
     parent = _safe_parent(ws, rel, create=base is not None)
     if parent is None:
@@ -154,25 +144,12 @@ def restore_path(ws: Path, rel: str) -> None:
             fh.write(base)
 
 
-def patch_files(patch: str) -> list[str]:
-    """Repo-relative paths a unified diff touches (both sides of renames)."""
-    out: set[str] = set()
-    for line in patch.splitlines():
-        if line.startswith(("--- ", "+++ ")):
-            p = line[4:].split("\t", 1)[0].strip()
-            if p != "/dev/null" and p[:2] in ("a/", "b/"):
-                out.add(p[2:])
-        elif line.startswith(("rename from ", "rename to ", "copy from ", "copy to ")):
-            out.add(line.split(" ", 2)[2].strip())
-    return sorted(out)
-
-
 def _shadow_names() -> set[str]:
     return set(sys.stdlib_module_names) | RUNNER_PACKAGES
 
 
 def in_base(ws: Path, rel: str) -> bool:
-    return _git(ws, "cat-file", "-e", f"HEAD:{rel}").returncode == 0
+    return run_git(ws, "cat-file", "-e", f"HEAD:{rel}").returncode == 0
 
 
 def is_protected(rel: str, top_in_base: bool = True) -> bool:
@@ -218,38 +195,10 @@ def protect(ws: Path, changed: list[str], test_patch: str, test_ids: list[str]) 
             fh.write(test_patch.encode("utf-8") + (b"" if test_patch.endswith("\n") else b"\n"))
             path = fh.name
         try:
-            proc = _git(ws, "apply", "--whitespace=nowarn", path)
+            proc = run_git(ws, "apply", "--whitespace=nowarn", path)
         finally:
             os.unlink(path)
         if proc.returncode != 0:
             raise RuntimeError("the task's test_patch does not apply to its base commit: "
                                + proc.stderr.decode(errors="replace").strip()[:300])
     return dropped
-
-
-def make_diff(old: dict[str, str], new: dict[str, str | None]) -> str:
-    """A git-style unified diff turning `old` files into `new` ones (value None = delete the file).
-
-    Paths in `new` but not `old` are created. Used to write patches in tests, examples and tasks.
-    """
-    import difflib
-
-    chunks = []
-    for path in sorted(new):
-        before, after = old.get(path), new[path]
-        if before == after:
-            continue
-        a = [] if before is None else before.splitlines(keepends=True)
-        b = [] if after is None else after.splitlines(keepends=True)
-        for lines in (a, b):
-            if lines and not lines[-1].endswith("\n"):
-                lines[-1] += "\n\\ No newline at end of file\n"
-        head = [f"diff --git a/{path} b/{path}\n"]
-        if before is None:
-            head.append("new file mode 100644\n")
-        elif after is None:
-            head.append("deleted file mode 100644\n")
-        body = list(difflib.unified_diff(a, b, "/dev/null" if before is None else f"a/{path}",
-                                         "/dev/null" if after is None else f"b/{path}", n=3))
-        chunks.append("".join(head + body))
-    return "".join(chunks)

@@ -29,8 +29,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+from minicoder.gitdiff import materialize_repo
+from minicoder.record import DEFAULT_IMAGE, Task
 from minicoder.sandbox.base import SandboxError
-from minicoder.tasks.schema import DEFAULT_IMAGE, Task, materialize_repo
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "envs" / "repo" / "Dockerfile.template"
 DEPS_TEMPLATE = TEMPLATE.with_name("Dockerfile.deps")

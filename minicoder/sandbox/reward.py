@@ -49,12 +49,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from minicoder.gitdiff import patch_files
+from minicoder.record import PASSING, Task
 from minicoder.sandbox.base import REPORT_DIR, ExecResult, Limits, Sandbox, SandboxError
 from minicoder.sandbox.junit import ReportError, parse_junit
-from minicoder.sandbox.patching import decode_patch, patch_files, protect
-from minicoder.tasks.schema import Task
-
-PASSING = ("passed", "xfailed")  # SWE-bench counts an expected failure as passing
+from minicoder.sandbox.patching import decode_patch, protect
+from minicoder.sandbox.status import Status
 
 RUNNER = r"""
 import os, sys, importlib
@@ -95,7 +95,7 @@ class TestRun:
 
     __test__ = False  # not a pytest test class
 
-    status: str  # "ok" | patch_failed | setup_failed | timeout | oom | disk_limit | no_tests | no_report
+    status: Status  # OK, or why the run cannot be trusted (see sandbox/status.py)
     #              | report_mismatch | error
     outcomes: dict[str, str] = field(default_factory=dict)  # node id -> passed/failed/error/skipped/xfailed
     messages: dict[str, str] = field(default_factory=dict)  # node id -> failure message (first 500 chars)
@@ -115,7 +115,7 @@ class Reward:
     instance_id: str
     reward: float  # 1.0 resolved, else 0.0
     fraction: float  # share of FAIL_TO_PASS + PASS_TO_PASS tests that passed (0 when the report is untrusted)
-    status: str  # resolved | unresolved | patch_failed | setup_failed | timeout | oom | disk_limit | no_tests
+    status: Status  # RESOLVED | UNRESOLVED | the test run's failure status (see sandbox/status.py)
     #              | no_report | report_mismatch | error
     tests: dict[str, str] = field(default_factory=dict)  # requested test -> outcome ("missing" counts failed)
     exec: ExecResult | None = None
@@ -211,41 +211,41 @@ def _read_report(sb: Sandbox, name: str) -> bytes | None:
 def _judge(tr: TestRun, res: ExecResult, data: bytes | None) -> None:
     """Set tr.status / outcomes from the exit status and the report, with the cross-checks."""
     if res.timed_out:
-        tr.status, tr.message = "timeout", f"tests did not finish within {res.duration_s:.1f}s"
+        tr.status, tr.message = Status.TIMEOUT, f"tests did not finish within {res.duration_s:.1f}s"
         return
     if res.oom_killed:
-        tr.status, tr.message = "oom", "killed by the out-of-memory killer"
+        tr.status, tr.message = Status.OOM, "killed by the out-of-memory killer"
         return
     if res.disk_exceeded:
-        tr.status, tr.message = "disk_limit", "the workspace grew past its disk quota"
+        tr.status, tr.message = Status.DISK_LIMIT, "the workspace grew past its disk quota"
         return
     if data is None:
         if res.exit_code == 0:
-            tr.status, tr.message = "report_mismatch", "pytest exited 0 but wrote no report (early exit?)"
+            tr.status, tr.message = Status.REPORT_MISMATCH, "pytest exited 0 but wrote no report (early exit?)"
         elif res.exit_code == 5:
-            tr.status, tr.message = "no_tests", "no tests were collected"
+            tr.status, tr.message = Status.NO_TESTS, "no tests were collected"
         else:
-            tr.status, tr.message = "no_report", f"no test report ({res.summary()}): {res.stderr[-300:].strip()}"
+            tr.status, tr.message = Status.NO_REPORT, f"no test report ({res.summary()}): {res.stderr[-300:].strip()}"
         return
     try:
         cases = parse_junit(data)
     except ReportError as e:
-        tr.status, tr.message = "report_mismatch", f"unreadable report: {e}"
+        tr.status, tr.message = Status.REPORT_MISMATCH, f"unreadable report: {e}"
         return
     tr.outcomes = {k: v.outcome for k, v in cases.items()}
     tr.messages = {k: v.message for k, v in cases.items() if v.message}
     if not cases:
-        tr.status, tr.message = "no_tests", "the report holds no test cases"
+        tr.status, tr.message = Status.NO_TESTS, "the report holds no test cases"
         return
     bad = [k for k, v in cases.items() if v.outcome in ("failed", "error")]
     if res.exit_code == 0 and bad:
-        tr.status, tr.message = "report_mismatch", f"exit status 0 but the report has {len(bad)} failing test(s)"
+        tr.status, tr.message = Status.REPORT_MISMATCH, f"exit status 0 but the report has {len(bad)} failing test(s)"
     elif res.exit_code in (1, 2, 3, 4) and not bad:
-        tr.status, tr.message = "report_mismatch", f"exit status {res.exit_code} but the report has no failure"
+        tr.status, tr.message = Status.REPORT_MISMATCH, f"exit status {res.exit_code} but the report has no failure"
     elif res.exit_code not in (0, 1, 2, 3, 4):  # 4: usage error, e.g. an id that collection lost
-        tr.status, tr.message = "report_mismatch", f"unexpected pytest exit status {res.exit_code} ({res.summary()})"
+        tr.status, tr.message = Status.REPORT_MISMATCH, f"unexpected pytest exit status {res.exit_code} ({res.summary()})"
     else:
-        tr.status = "ok"
+        tr.status = Status.OK
     if any("MemoryError" in m for m in tr.messages.values()):
         tr.message = (tr.message + "; " if tr.message else "") + "MemoryError in the tests"
 
@@ -260,10 +260,10 @@ def run_tests(task: Task, patch: str | bytes | None, test_ids: list[str] | None 
     ids = list(test_ids) if test_ids is not None else default_test_ids(task)
     argv_check = pytest_args(task)  # fail early and clearly on a non-pytest command
     del argv_check
-    tr = TestRun(status="error", test_ids=ids, backend=backend if isinstance(backend, str) else backend.backend)
+    tr = TestRun(status=Status.ERROR, test_ids=ids, backend=backend if isinstance(backend, str) else backend.backend)
     text, why = decode_patch(patch)
     if text is None:
-        tr.status, tr.message = "patch_failed", why
+        tr.status, tr.message = Status.PATCH_FAILED, why
         tr.duration_s = time.perf_counter() - t0
         return tr
     try:
@@ -273,20 +273,20 @@ def run_tests(task: Task, patch: str | bytes | None, test_ids: list[str] | None 
             pr = sb.apply_patch(text)
             tr.patch_applied = pr.applied
             if not pr.applied:
-                tr.status, tr.message = "patch_failed", pr.message
+                tr.status, tr.message = Status.PATCH_FAILED, pr.message
                 return tr
             try:
                 tr.dropped = protect(sb.workspace, pr.changed, task.test_patch,
                                      task.FAIL_TO_PASS + task.PASS_TO_PASS + ids)
             except RuntimeError as e:
-                tr.status, tr.message = "error", str(e)
+                tr.status, tr.message = Status.ERROR, str(e)
                 return tr
             sb.finalize_workspace()
             for cmd in task.environment.setup:
                 res = sb.run(["/bin/sh", "-c", cmd], timeout_s=limits.timeout_s)
                 if not res.ok:
                     tr.exec = res
-                    tr.status, tr.message = "setup_failed", f"setup command {cmd!r}: {res.summary()}"
+                    tr.status, tr.message = Status.SETUP_FAILED, f"setup command {cmd!r}: {res.summary()}"
                     return tr
             name = secrets.token_hex(16) + ".xml"
             res = sb.run(runner_argv(task, ids, f"{REPORT_DIR}/{name}"), timeout_s=limits.timeout_s)
@@ -294,7 +294,7 @@ def run_tests(task: Task, patch: str | bytes | None, test_ids: list[str] | None 
             _judge(tr, res, _read_report(sb, name))
             return tr
     except SandboxError as e:
-        tr.status, tr.message = "error", f"sandbox failure: {e}"
+        tr.status, tr.message = Status.ERROR, f"sandbox failure: {e}"
         return tr
     finally:
         tr.duration_s = time.perf_counter() - t0
@@ -307,11 +307,11 @@ def evaluate(task: Task, patch: str | bytes | None, backend: str | Sandbox = "lo
     tr = run_tests(task, patch, ids, backend=backend, timeout_s=timeout_s, limits=limits)
     tests = {i: tr.outcomes.get(i, "missing") for i in ids}
     n_pass = sum(o in PASSING for o in tests.values())
-    trusted = tr.status == "ok"
+    trusted = tr.status == Status.OK
     if trusted:
-        status = "resolved" if n_pass == len(ids) else "unresolved"
-        if status == "unresolved" and "MemoryError" in tr.message:
-            status = "oom"
+        status = Status.RESOLVED if n_pass == len(ids) else Status.UNRESOLVED
+        if status == Status.UNRESOLVED and "MemoryError" in tr.message:
+            status = Status.OOM
     else:
         status = tr.status
     missing = [i for i, o in tests.items() if o == "missing"]
@@ -319,7 +319,7 @@ def evaluate(task: Task, patch: str | bytes | None, backend: str | Sandbox = "lo
     if trusted and missing:
         message = (message + "; " if message else "") + f"{len(missing)} requested test(s) missing from the report"
     return Reward(
-        instance_id=task.instance_id, reward=1.0 if status == "resolved" else 0.0,
+        instance_id=task.instance_id, reward=1.0 if status == Status.RESOLVED else 0.0,
         fraction=(n_pass / len(ids)) if (trusted and ids) else 0.0, status=status, tests=tests, exec=tr.exec,
         duration_s=tr.duration_s, message=message, patch_applied=tr.patch_applied, dropped=tr.dropped,
         backend=tr.backend)

@@ -17,7 +17,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from minicoder.tasks.schema import Task, materialize_repo
+from minicoder.gitdiff import materialize_repo
+from minicoder.record import Task
 
 _lock = threading.Lock()
 _templates: dict[str, Path] = {}

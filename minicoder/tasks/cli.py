@@ -19,19 +19,20 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from minicoder.cli import UserError
+from minicoder.errors import UserError
+from minicoder.sandbox.cli import add_backend_argument
 
 
 def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("--out", required=out_required, help="output JSONL of tasks (ledger and report go next to it)")
-    p.add_argument("--backend", choices=("local", "docker"), default="local", help="sandbox backend (default local)")
+    add_backend_argument(p)
     p.add_argument("--workers", type=int, default=2, help="parallel sandbox runs (default 2)")
     p.add_argument("--repeats", type=int, default=2, help="runs of the gold and empty patch in validation (default 2)")
     p.add_argument("--no-exploit-checks", action="store_true", help="skip the trivial-patch and stub checks")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_parser(subparsers) -> None:
+def add_synth_parser(subparsers) -> None:
     p = subparsers.add_parser("synth", help="synthesise verifiable tasks (from git history or by bug injection)",
                               description="Synthesise verifiable SWE tasks; see minicoder/tasks/.")
     sub = p.add_subparsers(dest="synth_command", metavar="SOURCE", required=True)
@@ -153,10 +154,10 @@ def unpack_source(source: str, cache: Path | None = None) -> Path:
 
 
 def _synth_mutate(args) -> int:
+    from minicoder.data.corpus import humaneval_problems
     from minicoder.tasks.mutate import (
         OPERATORS,
         MutationError,
-        humaneval_problems,
         humaneval_subject,
         repo_subject,
     )
@@ -190,8 +191,8 @@ def _synth_mutate(args) -> int:
 
 
 def _validate(args) -> int:
+    from minicoder.record import TaskFormatError, read_tasks
     from minicoder.tasks.pipeline import validate_file
-    from minicoder.tasks.schema import TaskFormatError, read_tasks
 
     _check_common(args)
     try:

@@ -318,8 +318,8 @@ class EnvBuilder:
 
                     ensure_runtime(pins)
                 else:
+                    from minicoder.record import DEFAULT_IMAGE
                     from minicoder.sandbox.repo_image import ensure_deps_image
-                    from minicoder.tasks.schema import DEFAULT_IMAGE
 
                     image = ensure_deps_image(pins, DEFAULT_IMAGE) if pins else DEFAULT_IMAGE
             except SandboxError as e:

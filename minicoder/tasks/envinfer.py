@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,6 +23,8 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
+
+from minicoder.gitdiff import run_git
 
 TEST_EXTRAS = ("test", "tests", "testing", "dev", "develop", "development")
 PYTHON_VERSION = "3.11"  # the sandboxes' Python (the base image and the local runtime)
@@ -49,11 +50,10 @@ class Tree:
 
     def __init__(self, repo: str | os.PathLike, commit: str):
         self.repo, self.commit = Path(repo), commit
-        proc = subprocess.run(["git", "-c", "core.quotepath=off", "ls-tree", "-r", "--name-only", commit],
-                              cwd=self.repo, capture_output=True, text=True)
+        proc = run_git(self.repo, "ls-tree", "-r", "--name-only", commit)
         if proc.returncode != 0:
-            raise EnvError(f"cannot list {commit} in {self.repo}: {proc.stderr.strip()[:200]}")
-        self.paths = proc.stdout.splitlines()
+            raise EnvError(f"cannot list {commit} in {self.repo}: {proc.stderr.decode(errors='replace').strip()[:200]}")
+        self.paths = proc.stdout.decode("utf-8", errors="replace").splitlines()
         self._set = set(self.paths)
         self._cache: dict[str, str | None] = {}
 
@@ -64,7 +64,7 @@ class Tree:
         if path not in self._set:
             return None
         if path not in self._cache:
-            proc = subprocess.run(["git", "show", f"{self.commit}:{path}"], cwd=self.repo, capture_output=True)
+            proc = run_git(self.repo, "show", f"{self.commit}:{path}")
             self._cache[path] = proc.stdout.decode("utf-8", errors="replace") if proc.returncode == 0 else None
         return self._cache[path]
 
@@ -402,9 +402,8 @@ def _layout(tree: Tree, spec: EnvSpec, ini: dict) -> None:
             if spec.version:
                 break
         if not spec.version:
-            proc = subprocess.run(["git", "describe", "--tags", "--abbrev=0", tree.commit], cwd=tree.repo,
-                                  capture_output=True, text=True)
-            spec.version = proc.stdout.strip().lstrip("v") if proc.returncode == 0 else ""
+            proc = run_git(tree.repo, "describe", "--tags", "--abbrev=0", tree.commit)
+            spec.version = proc.stdout.decode().strip().lstrip("v") if proc.returncode == 0 else ""
         spec.version = re.sub(r"[^0-9A-Za-z.+]", ".", spec.version) or "0.0.0"
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -37,8 +36,9 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from minicoder.gitdiff import GitError, git, materialize_repo, run_git, snapshot_files
+from minicoder.record import DEFAULT_IMAGE, Environment, Task
 from minicoder.tasks.runner import run_tests
-from minicoder.tasks.schema import DEFAULT_IMAGE, Environment, Task, materialize_repo, snapshot_files
 
 
 class MiningError(ValueError):
@@ -122,10 +122,10 @@ def classify(path: str) -> tuple[str | None, bool]:
 # --- git ----------------------------------------------------------------------------------------
 
 def _git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-c", "core.quotepath=off", *args], cwd=repo, capture_output=True)
-    if proc.returncode != 0:
-        raise MiningError(f"git {' '.join(args)} failed in {repo}: {proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout.decode("utf-8", errors="replace")
+    try:
+        return git(repo, *args).decode("utf-8", errors="replace")
+    except GitError as e:
+        raise MiningError(str(e)) from None
 
 
 @dataclass
@@ -184,8 +184,10 @@ def iter_commits(repo: str | os.PathLike, rev: str = "HEAD", max_commits: int | 
 
 
 def _git_dir(repo: Path) -> str | None:
-    proc = subprocess.run(["git", "rev-parse", "--git-dir"], cwd=repo, capture_output=True)
-    return proc.stdout.decode().strip() if proc.returncode == 0 and repo.is_dir() else None
+    if not repo.is_dir():
+        return None
+    proc = run_git(repo, "rev-parse", "--git-dir")
+    return proc.stdout.decode().strip() if proc.returncode == 0 else None
 
 
 def split_commit(repo: str | os.PathLike, cand: Candidate) -> tuple[str, str]:

@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from minicoder.record import Task, TaskFormatError, write_tasks
 from minicoder.tasks.qa import QAConfig, run_qa
 from minicoder.tasks.runner import COUNTER, count_runs
-from minicoder.tasks.schema import Task, TaskFormatError, write_tasks
 from minicoder.tasks.validate import validate_task
 
 

@@ -28,8 +28,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from minicoder.tasks.patches import normalise_patch, parse_patch, patch_size
-from minicoder.tasks.schema import Task
+from minicoder.gitdiff import normalise_patch, parse_patch, patch_size
+from minicoder.record import Task
 
 REASONS = ("oversized", "short_statement", "leak", "tests_untouched", "duplicate", "near_duplicate")
 

@@ -19,14 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-BACKENDS = ("local", "docker")
+from minicoder.record import PASSING
+from minicoder.sandbox.status import Status
 
 
 class SandboxFailure(RuntimeError):
     """The sandbox itself failed (not the code under test): stop rather than record a wrong verdict."""
-
-
-PASSING = ("passed", "xfailed")
 
 
 @dataclass
@@ -34,7 +32,7 @@ class Run:
     """One sandbox run as synthesis sees it."""
 
     outcomes: dict[str, str]  # test id -> passed | failed | error | skipped
-    status: str  # the sandbox's status for the run (e.g. "ok", "timeout", "patch_failed")
+    status: Status  # the sandbox's status for the run (sandbox/status.py)
     patch_applied: bool
     log: str = ""  # tail of the test output (for problem statements and debugging)
     seconds: float = 0.0
@@ -44,7 +42,7 @@ class Run:
     @property
     def trusted(self) -> bool:
         """The sandbox vouches for the report (no timeout, no exit-status/report mismatch, ...)."""
-        return self.status == "ok"
+        return self.status == Status.OK
 
     @property
     def passed(self) -> set[str]:
@@ -102,8 +100,8 @@ def run_tests(task, patch: str, test_ids: list[str] | None = None, backend: Any 
         c.add(dt)
     # An infrastructure failure must not turn into "this mutant/commit/task is bad": a pipeline that
     # recorded it would skip the candidate forever on resume. Code under test cannot cause these.
-    if tr.status == "error" or (tr.status == "no_report" and "bwrap:" in tr.message):
+    if tr.status == Status.ERROR or (tr.status == Status.NO_REPORT and "bwrap:" in tr.message):
         raise SandboxFailure(f"{task.instance_id}: {tr.status}: {tr.message[:300]}")
     log = (tr.exec.stdout or "")[-4000:] if tr.exec is not None else ""
-    return Run(outcomes=dict(tr.outcomes), status=str(tr.status), patch_applied=bool(tr.patch_applied),
+    return Run(outcomes=dict(tr.outcomes), status=Status(tr.status), patch_applied=bool(tr.patch_applied),
                log=log, seconds=dt, messages=dict(getattr(tr, "messages", {}) or {}), message=tr.message)

@@ -39,9 +39,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from minicoder.tasks.patches import PatchError, apply_patch, base_files, make_diff, parse_patch
+from minicoder.gitdiff import PatchError, apply_to_snapshot, base_files, file_diff, parse_patch
+from minicoder.record import Task
 from minicoder.tasks.runner import Run, run_tests
-from minicoder.tasks.schema import Task
 
 # name -> replacement body for the exploit check (in order; `pass` is "delete the body")
 TRIVIAL_BODIES: dict[str, str] = {
@@ -171,7 +171,7 @@ def exploit_patches(task: Task) -> tuple[dict[str, str], str, str]:
     """({trivial name: patch}, raise-stub patch, note). Empty dict + note when the check cannot apply."""
     try:
         base = base_files(task)
-        fixed = apply_patch(base, task.patch)
+        fixed = apply_to_snapshot(base, task.patch)
     except PatchError as e:
         return {}, "", f"gold patch does not apply on the host copy: {e}"
     targets: dict[str, list[ChangedFunction]] = {}
@@ -190,7 +190,7 @@ def exploit_patches(task: Task) -> tuple[dict[str, str], str, str]:
         new = dict(fixed)
         for path, funcs in targets.items():
             new[path] = stub_functions(fixed[path], funcs, body)
-        return "".join(make_diff(p, base.get(p), new.get(p)) for p in sorted(set(base) | set(new))
+        return "".join(file_diff(p, base.get(p), new.get(p)) for p in sorted(set(base) | set(new))
                        if base.get(p) != new.get(p))
 
     names = ", ".join(f"`{f.qualname}`" for fs in targets.values() for f in fs)
@@ -287,10 +287,3 @@ def validate_task(task: Task, backend: Any = "local", repeats: int = 2, check_ex
                                   "checks": dict(v.checks)}
     v.ok, v.task, v.seconds = True, out, time.perf_counter() - t0
     return v
-
-
-def add_parser(subparsers) -> None:
-    """`minicoder validate` (the CLI lives in minicoder.tasks.cli)."""
-    from minicoder.tasks.cli import add_validate_parser
-
-    add_validate_parser(subparsers)

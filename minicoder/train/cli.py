@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 
@@ -40,8 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--max-files", type=int, default=300, help="corpus documents (default 300; 0 = all)")
     d.add_argument("--tokenizer", type=Path, help="tokenizer.json or folder (default: see above)")
     d.add_argument("--vocab-size", type=int, default=4096, help="vocabulary when a BPE is trained (default 4096)")
-    d.add_argument("--runner", default="auto", choices=("auto", "sandbox", "local", "formatted"),
-                   help="how trajectory test observations are produced (default auto: sandbox if available)")
+    d.add_argument("--runner", default="sandbox", choices=("sandbox", "local", "formatted"),
+                   help="how trajectory test observations are produced (default sandbox; local runs task code unisolated)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--rows", type=int, default=4, help="packed rows per micro-batch per process (default 4)")
     o.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (default 1)")
@@ -60,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _err(msg: str):
-    from minicoder.cli import UserError
+    from minicoder.errors import UserError
 
     return UserError(msg)
 
@@ -109,7 +108,7 @@ def _dataset(args, tok):
     data = args.data
     max_files = args.max_files or None
     if data.startswith("tasks:") or data.endswith(".jsonl"):
-        from minicoder.tasks.schema import TaskFormatError, read_tasks
+        from minicoder.record import TaskFormatError, read_tasks
         from minicoder.train.trajectories import build_trajectories
 
         path = data.split(":", 1)[1] if data.startswith("tasks:") else data
@@ -210,11 +209,3 @@ def run(args: argparse.Namespace) -> int:
         torch.distributed.destroy_process_group()
     return 0
 
-
-if __name__ == "__main__":  # torchrun -m minicoder.train.cli ...
-    import sys
-
-    from minicoder.cli import main
-
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main(["train", *sys.argv[1:]]))

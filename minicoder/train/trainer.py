@@ -13,8 +13,8 @@ Design choices:
 - Token-weighted loss over the *global* batch: every loss-bearing token weighs the same whatever
   micro-batch or rank it lands in, so 1 process x accum 2 == 2 processes x accum 1 to float rounding
   (tested), and padding / masked tokens cost nothing. The cross-entropies are summed here from the
-  model's logits (HF-convention labels, shifted with the model's own `shift_targets`), not taken as
-  the model's per-micro-batch means.
+  model's logits and the batch's pre-shifted targets (`losses.token_loss_sum`, which the RL stage
+  calls with per-token weights), not taken as the model's per-micro-batch means.
 - MoE balancing: the model's balancing loss with an `ExpertLoadTracker`, i.e. expert frequencies f_e
   accumulated over the micro-batches of the step and all-reduced over ranks (global-batch balancing).
   The MTP head's own router is not in the aux loss (its stats are not in `ModelOutput`).
@@ -39,12 +39,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from minicoder.train import checkpoint as ckpt
 from minicoder.train.data import PackedDataset, RowSampler
 from minicoder.train.distributed import DistInfo, all_reduce_sum, full_state_dicts, load_full_state_dicts
+from minicoder.train.losses import count_targets, token_loss_sum
 from minicoder.train.metrics import MetricsLogger
 from minicoder.train.optim import make_optimizer
 from minicoder.train.schedule import WarmupCosine, set_lr
@@ -142,18 +142,14 @@ class Trainer:
         return out
 
     def _tensors(self, b) -> dict[str, torch.Tensor]:
-        """A PackedBatch [B, L] as one packed row [1, B*L] for the model, plus HF-convention labels."""
+        """A PackedBatch [B, L] as one packed row [1, B*L] for the model, with its pre-shifted targets
+        (`PackedBatch.labels`: -100 at piece ends, padding and, in mid-training, non-assistant tokens)."""
         dev = self.device
-        # HF convention (the model shifts): labels[t + 1] is kept iff the pre-shifted label of t is,
-        # which already excludes padding, document boundaries and (mid-training) non-assistant tokens
-        keep = np.zeros_like(b.loss_mask)
-        keep[:, 1:] = b.loss_mask[:, :-1]
-        labels = np.where(keep, b.input_ids, -100)
         return {
             "input_ids": torch.from_numpy(b.input_ids.reshape(1, -1)).to(dev),
             "position_ids": torch.from_numpy(b.position_ids.reshape(1, -1)).to(dev),
             "cu_seqlens": torch.from_numpy(b.cu_seqlens.astype(np.int64)).to(dev),
-            "labels": torch.from_numpy(labels.reshape(1, -1)).to(dev),
+            "targets": torch.from_numpy(b.labels.reshape(1, -1).astype(np.int64)).to(dev),
         }
 
     def _losses(self, t: dict[str, torch.Tensor], tracker) -> tuple[torch.Tensor, torch.Tensor, Any]:
@@ -162,26 +158,22 @@ class Trainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             out = self.forward(input_ids=t["input_ids"], position_ids=t["position_ids"], cu_seqlens=t["cu_seqlens"],
                                load_tracker=tracker, compute_mtp=self.has_mtp)
-        V = out.logits.shape[-1]
-        tgt = shift_targets(t["labels"], t["cu_seqlens"])
-        ce_sum = F.cross_entropy(out.logits.float().reshape(-1, V), tgt.reshape(-1), ignore_index=-100, reduction="sum")
+        ce_sum = token_loss_sum(out.logits, t["targets"])
         mtp_sum = torch.zeros((), device=ce_sum.device)
         if self.has_mtp and out.mtp_logits is not None:
-            tgt2 = shift_targets(tgt, t["cu_seqlens"])  # applied twice: the token at t + 2 (as the model does)
-            mtp_sum = F.cross_entropy(out.mtp_logits.float().reshape(-1, V), tgt2.reshape(-1), ignore_index=-100,
-                                      reduction="sum")
+            # the MTP head predicts the token after the next one: the targets shifted once more
+            mtp_sum = token_loss_sum(out.mtp_logits, shift_targets(t["targets"], t["cu_seqlens"]))
         return ce_sum, mtp_sum, out
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step; returns its metrics (global over ranks)."""
-        from minicoder.model.model import shift_targets
         from minicoder.model.moe import ExpertLoadTracker
 
         c, w = self.cfg, self.dist.world_size
         t0 = time.perf_counter()
         self.model.train()
         micro = [self._tensors(b) for b in self._micro_batches()]
-        n_local = sum(int((shift_targets(m["labels"], m["cu_seqlens"]) != -100).sum()) for m in micro)
+        n_local = sum(count_targets(m["targets"]) for m in micro)
         n_global = int(all_reduce_sum(torch.tensor(float(n_local)), self.dist).item())
         denom = max(n_global, 1)
         tracker = ExpertLoadTracker()
@@ -241,10 +233,8 @@ class Trainer:
                     break
                 t = self._tensors(dataset.batch(idx))
                 ce_sum, _, _ = self._losses(t, None)
-                from minicoder.model.model import shift_targets
-
                 tot += float(ce_sum)
-                cnt += int((shift_targets(t["labels"], t["cu_seqlens"]) != -100).sum())
+                cnt += count_targets(t["targets"])
             s = all_reduce_sum(torch.tensor([tot, float(cnt)]), self.dist).tolist()
         finally:
             self.data = saved

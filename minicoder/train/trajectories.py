@@ -1,6 +1,6 @@
 """Agent trajectories for mid-training, built from synthesized tasks and their gold patches.
 
-Each task becomes one short, successful agent episode in the Qwen3-Coder chat format (`chat.py`),
+Each task becomes one short, successful agent episode in the Qwen3-Coder chat format (`minicoder.agent.chat`),
 using the tool set `AGENT_TOOLS` (read_file, run_tests, apply_patch, submit):
 
     system  (tools)          user: the problem statement
@@ -13,13 +13,13 @@ using the tool set `AGENT_TOOLS` (read_file, run_tests, apply_patch, submit):
 The toy model learns the *format* of agentic work (when to call which tool, how a call is written,
 that tests are run before submitting) from them; the RL stage then learns the *content*.
 
-Observations are real when they can be: ``runner="auto"`` runs the task's tests in
-`minicoder.sandbox` when that stage is available and works, otherwise in a local subprocess
-(``runner="local"``: the task's repository materialised in a temporary folder, `git apply` of the
-hidden test patch (and the gold patch for the second run), the task's test command on its
-FAIL_TO_PASS ids, with the task's time limit; this runs the task's own code without isolation, so
-use it only on tasks you trust, such as the shipped seed set). ``runner="formatted"`` writes a
-pytest-like summary from FAIL_TO_PASS without running anything (fast; for when no runner works).
+Observations are real: the default ``runner="sandbox"`` runs the task's tests in `minicoder.sandbox`
+(isolated; the same grader as the rewards). Running task code without isolation is never a silent
+fallback: ``runner="local"`` must be asked for by name (the task's repository materialised in a
+temporary folder, `git apply` of the hidden test patch (and the gold patch for the second run), the
+task's test command on its FAIL_TO_PASS ids, with the task's time limit; use it only on tasks you
+trust, such as the shipped seed set). ``runner="formatted"`` writes a pytest-like summary from
+FAIL_TO_PASS without running anything (fast; for tests and previews).
 Long observations are cut to their last `max_obs_chars` characters (where pytest puts its summary).
 """
 
@@ -34,24 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from minicoder.tasks.schema import Task, materialize_repo
-
-AGENT_TOOLS: list[dict[str, Any]] = [
-    {"name": "read_file", "description": "Print a file of the repository.",
-     "parameters": {"type": "object", "properties": {
-         "path": {"type": "string", "description": "path relative to the repository root"}},
-         "required": ["path"]}},
-    {"name": "run_tests", "description": "Run the repository's tests and print the runner's output.",
-     "parameters": {"type": "object", "properties": {
-         "tests": {"type": "string", "description": "optional test ids, space-separated (default: the task's tests)"}},
-         "required": []}},
-    {"name": "apply_patch", "description": "Apply a unified diff to the repository.",
-     "parameters": {"type": "object", "properties": {
-         "patch": {"type": "string", "description": "the unified diff (git format)"}},
-         "required": ["patch"]}},
-    {"name": "submit", "description": "Finish: the current state of the repository is the answer.",
-     "parameters": {"type": "object", "properties": {}, "required": []}},
-]
+from minicoder.agent.chat import AGENT_TOOLS, encode_chat
+from minicoder.gitdiff import materialize_repo, run_git
+from minicoder.record import PASSING, Task
+from minicoder.sandbox.reward import run_tests
+from minicoder.sandbox.status import Status
 
 #: (task, with_fix) -> (observation text, tests passed)
 TestRunner = Callable[[Task, bool], tuple[str, bool]]
@@ -82,8 +69,7 @@ def _tail(text: str, n: int) -> str:
 def _git_apply(repo: Path, patch: str, what: str) -> None:
     if not patch.strip():
         return
-    proc = subprocess.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=repo, input=patch.encode(),
-                          capture_output=True)
+    proc = run_git(repo, "apply", "--whitespace=nowarn", "-", stdin=patch.encode())
     if proc.returncode != 0:
         raise TrajectoryError(f"{what} does not apply: {proc.stderr.decode(errors='replace').strip()[:200]}")
 
@@ -120,21 +106,17 @@ def formatted_runner(task: Task, with_fix: bool) -> tuple[str, bool]:
     return "\n".join(lines), False
 
 
-def sandbox_runner(backend: str = "local") -> TestRunner | None:
-    """A runner on `minicoder.sandbox.reward.run_tests` (isolated, hardened), or None without that stage."""
-    try:
-        from minicoder.sandbox.reward import run_tests
-    except ImportError:
-        return None
+def sandbox_runner(backend: str = "local") -> TestRunner:
+    """A runner on `minicoder.sandbox.reward.run_tests` (isolated, hardened)."""
 
     def sandbox(task: Task, with_fix: bool) -> tuple[str, bool]:
         tr = run_tests(task, task.patch if with_fix else None, backend=backend)
         out = ""
         if tr.exec is not None:
             out = (tr.exec.stdout or "") + (tr.exec.stderr or "")
-        if tr.status != "ok":
+        if tr.status != Status.OK:
             out = (out + f"\n[{tr.status}] {tr.message}").strip()
-        passed = tr.status == "ok" and all(tr.outcomes.get(t) in ("passed", "xfailed") for t in task.FAIL_TO_PASS)
+        passed = tr.status == Status.OK and all(tr.outcomes.get(t) in PASSING for t in task.FAIL_TO_PASS)
         return out.strip(), passed
 
     return sandbox
@@ -148,13 +130,8 @@ def resolve_runner(runner: str | TestRunner) -> TestRunner:
     if runner == "local":
         return local_runner
     if runner == "sandbox":
-        r = sandbox_runner()
-        if r is None:
-            raise TrajectoryError("runner='sandbox' but minicoder.sandbox.reward.run_tests is not importable")
-        return r
-    if runner == "auto":
-        return sandbox_runner() or local_runner
-    raise TrajectoryError(f"unknown runner {runner!r}; choose auto, sandbox, local, formatted or a callable")
+        return sandbox_runner()
+    raise TrajectoryError(f"unknown runner {runner!r}; choose sandbox, local, formatted or a callable")
 
 
 # --- building ----------------------------------------------------------------------------------
@@ -175,7 +152,7 @@ def _call(name: str, text: str = "", **args: Any) -> dict[str, Any]:
     return {"role": "assistant", "content": text, "tool_calls": [{"name": name, "arguments": args}]}
 
 
-def trajectory_from_task(task: Task, runner: str | TestRunner = "auto", max_obs_chars: int = 1500,
+def trajectory_from_task(task: Task, runner: str | TestRunner = "sandbox", max_obs_chars: int = 1500,
                          max_file_chars: int = 4000) -> Trajectory:
     """One successful episode for `task` (see the module docstring). Raises TrajectoryError when the
     task has no gold patch, or when the observed tests do not fail before / pass after the fix."""
@@ -188,7 +165,7 @@ def trajectory_from_task(task: Task, runner: str | TestRunner = "auto", max_obs_
         raise TrajectoryError(f"{task.instance_id}: the gold patch modifies no file")
     files = task.environment.files
     if files is None:
-        from minicoder.tasks.patches import base_files
+        from minicoder.gitdiff import base_files
 
         files = base_files(task)
     path = paths[0]
@@ -220,7 +197,7 @@ def trajectory_from_task(task: Task, runner: str | TestRunner = "auto", max_obs_
     return Trajectory(task.instance_id, msgs, AGENT_TOOLS, name)
 
 
-def build_trajectories(tasks: Iterable[Task], runner: str | TestRunner = "auto", skip_bad: bool = True,
+def build_trajectories(tasks: Iterable[Task], runner: str | TestRunner = "sandbox", skip_bad: bool = True,
                        progress: bool = False, **kw: Any) -> tuple[list[Trajectory], list[str]]:
     """Trajectories of many tasks; returns (trajectories, reasons the skipped tasks were skipped)."""
     run = resolve_runner(runner)
@@ -243,7 +220,6 @@ def build_trajectories(tasks: Iterable[Task], runner: str | TestRunner = "auto",
 
 def encode_trajectories(trajs: Sequence[Trajectory], tokenizer) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids and assistant-only loss masks of each trajectory (see `chat.encode_chat`)."""
-    from minicoder.train.chat import encode_chat
 
     ids, masks = [], []
     for t in trajs:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from minicoder.config import KERNELS, register_kernel_name
 from minicoder.ops.gated_delta.common import check_inputs, l2norm
 from minicoder.ops.gated_delta.naive import gated_delta_rule_step, naive_recurrent_gated_delta_rule
 
@@ -49,7 +50,6 @@ __all__ = [
     "resolve_kernel",
 ]
 
-KERNELS = ("auto", "fla", "triton", "torch", "naive")
 #: Backends that run only on CUDA tensors (their kernels need a GPU).
 _CUDA_ONLY = {"fla"}
 #: What ``auto`` tries on CUDA, in order; on CPU it is always torch (chunk) / naive (recurrent).
@@ -96,13 +96,11 @@ _LOADED: dict[str, Backend | Exception] = {}
 
 def register_backend(name: str, loader: Callable[[], Backend], cuda_only: bool = False) -> None:
     """Add (or replace) a backend: ``loader()`` returns a :class:`Backend`; it is called lazily, once."""
-    global KERNELS
     _LOADERS[name] = loader
     _LOADED.pop(name, None)
     if cuda_only:
         _CUDA_ONLY.add(name)
-    if name not in KERNELS:
-        KERNELS = (*KERNELS, name)
+    register_kernel_name(name)
 
 
 def _backend(name: str) -> Backend | Exception:

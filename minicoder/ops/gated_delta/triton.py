@@ -60,53 +60,18 @@ and below the diagonal, E the same strictly below it, e = exp(gamma), eL = exp(g
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from minicoder.ops.gated_delta.common import L2NORM_EPS, check_inputs
+from minicoder.ops.triton_utils import check_device, dot
 
 CHUNK_SIZE = 64
-
-#: Whether the kernels below were decorated for Triton's interpreter (decided when triton.jit ran).
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _next_pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
-
-
-def check_device(*xs: torch.Tensor | None) -> None:
-    """Raise a clear error when the kernels cannot run on these tensors' device."""
-    for x in xs:
-        if x is None:
-            continue
-        if x.is_cuda:
-            continue
-        if x.device.type == "cpu" and INTERPRETED:
-            continue
-        raise RuntimeError(
-            f"minicoder's Triton kernels need CUDA tensors, got a tensor on {x.device}. On a CPU, use "
-            "kernel='torch', or set TRITON_INTERPRET=1 in the environment before triton is first imported "
-            "to run them (slowly) in Triton's interpreter."
-        )
-
-
-# ----------------------------------------------------------------------------------------------------
-# small helpers used inside kernels
-# ----------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _dot(a, b, LOWP: tl.constexpr):
-    """a @ b with float32 accumulation: bf16 operands when LOWP, else exact float32 products."""
-    if LOWP:
-        r = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
-    else:
-        r = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return r
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -152,7 +117,7 @@ def _wy_block(k_ptr, g_ptr, beta_ptr, t0, eos, h, IB: tl.constexpr,
 @triton.jit
 def _a_offdiag(ki, bi, gi, kj, gj, LOWP: tl.constexpr):
     """Block (I, J), I > J, of A = diag(beta) K K^T * exp(gamma_i - gamma_j) (every entry below the diagonal)."""
-    return bi[:, None] * _dot(ki, tl.trans(kj), LOWP) * tl.exp(gi[:, None] - gj[None, :])
+    return bi[:, None] * dot(ki, tl.trans(kj), LOWP) * tl.exp(gi[:, None] - gj[None, :])
 
 
 @triton.jit
@@ -161,7 +126,7 @@ def _a_diag(k, b, gm, mt, LOWP: tl.constexpr):
     r16 = tl.arange(0, 16)
     strict = (r16[:, None] > r16[None, :]) & mt[:, None]
     diff = tl.where(strict, gm[:, None] - gm[None, :], 0.0)
-    return tl.where(strict, b[:, None] * _dot(k, tl.trans(k), LOWP) * tl.exp(diff), 0.0)
+    return tl.where(strict, b[:, None] * dot(k, tl.trans(k), LOWP) * tl.exp(diff), 0.0)
 
 
 @triton.jit
@@ -220,12 +185,12 @@ def _wy_fwd_kernel(
     a30 = _a_offdiag(k3, b3, g3, k0, g0, LOWP)
     a31 = _a_offdiag(k3, b3, g3, k1, g1, LOWP)
     a32 = _a_offdiag(k3, b3, g3, k2, g2, LOWP)
-    t10 = -_dot(t11, _dot(a10, t00, False), False)
-    t21 = -_dot(t22, _dot(a21, t11, False), False)
-    t20 = -_dot(t22, _dot(a20, t00, False) + _dot(a21, t10, False), False)
-    t32 = -_dot(t33, _dot(a32, t22, False), False)
-    t31 = -_dot(t33, _dot(a31, t11, False) + _dot(a32, t21, False), False)
-    t30 = -_dot(t33, _dot(a30, t00, False) + _dot(a31, t10, False) + _dot(a32, t20, False), False)
+    t10 = -dot(t11, dot(a10, t00, False), False)
+    t21 = -dot(t22, dot(a21, t11, False), False)
+    t20 = -dot(t22, dot(a20, t00, False) + dot(a21, t10, False), False)
+    t32 = -dot(t33, dot(a32, t22, False), False)
+    t31 = -dot(t33, dot(a31, t11, False) + dot(a32, t21, False), False)
+    t30 = -dot(t33, dot(a30, t00, False) + dot(a31, t10, False) + dot(a32, t20, False), False)
     zero = tl.zeros([16, 16], dtype=tl.float32)
     _store_tm_row(tm_ptr, t0, eos, h, 0, H, C, t00, zero, zero, zero)
     _store_tm_row(tm_ptr, t0, eos, h, 1, H, C, t10, t11, zero, zero)
@@ -241,12 +206,12 @@ def _wy_fwd_kernel(
     kb2 = k2 * (b2 * tl.exp(g2))[:, None]
     kb3 = k3 * (b3 * tl.exp(g3))[:, None]
     w_off = ((t0 + r16)[:, None] * H + h) * K + ok[None, :]
-    tl.store(w_ptr + w_off, _dot(t00, kb0, LOWP), mask=m0[:, None] & mk[None, :])
-    tl.store(w_ptr + w_off + 16 * H * K, _dot(t10, kb0, LOWP) + _dot(t11, kb1, LOWP), mask=m1[:, None] & mk[None, :])
-    tl.store(w_ptr + w_off + 32 * H * K, _dot(t20, kb0, LOWP) + _dot(t21, kb1, LOWP) + _dot(t22, kb2, LOWP),
+    tl.store(w_ptr + w_off, dot(t00, kb0, LOWP), mask=m0[:, None] & mk[None, :])
+    tl.store(w_ptr + w_off + 16 * H * K, dot(t10, kb0, LOWP) + dot(t11, kb1, LOWP), mask=m1[:, None] & mk[None, :])
+    tl.store(w_ptr + w_off + 32 * H * K, dot(t20, kb0, LOWP) + dot(t21, kb1, LOWP) + dot(t22, kb2, LOWP),
              mask=m2[:, None] & mk[None, :])
     tl.store(w_ptr + w_off + 48 * H * K,
-             _dot(t30, kb0, LOWP) + _dot(t31, kb1, LOWP) + _dot(t32, kb2, LOWP) + _dot(t33, kb3, LOWP),
+             dot(t30, kb0, LOWP) + dot(t31, kb1, LOWP) + dot(t32, kb2, LOWP) + dot(t33, kb3, LOWP),
              mask=m3[:, None] & mk[None, :])
     # U = T (beta V), a block of BV value columns at a time.
     for v0 in range(0, V, BV):
@@ -257,12 +222,12 @@ def _wy_fwd_kernel(
         vb1 = tl.load(v_ptr + v_off + 16 * H * V, mask=m1[:, None] & mv[None, :], other=0.0).to(tl.float32) * b1[:, None]
         vb2 = tl.load(v_ptr + v_off + 32 * H * V, mask=m2[:, None] & mv[None, :], other=0.0).to(tl.float32) * b2[:, None]
         vb3 = tl.load(v_ptr + v_off + 48 * H * V, mask=m3[:, None] & mv[None, :], other=0.0).to(tl.float32) * b3[:, None]
-        tl.store(u_ptr + v_off, _dot(t00, vb0, LOWP), mask=m0[:, None] & mv[None, :])
-        tl.store(u_ptr + v_off + 16 * H * V, _dot(t10, vb0, LOWP) + _dot(t11, vb1, LOWP), mask=m1[:, None] & mv[None, :])
-        tl.store(u_ptr + v_off + 32 * H * V, _dot(t20, vb0, LOWP) + _dot(t21, vb1, LOWP) + _dot(t22, vb2, LOWP),
+        tl.store(u_ptr + v_off, dot(t00, vb0, LOWP), mask=m0[:, None] & mv[None, :])
+        tl.store(u_ptr + v_off + 16 * H * V, dot(t10, vb0, LOWP) + dot(t11, vb1, LOWP), mask=m1[:, None] & mv[None, :])
+        tl.store(u_ptr + v_off + 32 * H * V, dot(t20, vb0, LOWP) + dot(t21, vb1, LOWP) + dot(t22, vb2, LOWP),
                  mask=m2[:, None] & mv[None, :])
         tl.store(u_ptr + v_off + 48 * H * V,
-                 _dot(t30, vb0, LOWP) + _dot(t31, vb1, LOWP) + _dot(t32, vb2, LOWP) + _dot(t33, vb3, LOWP),
+                 dot(t30, vb0, LOWP) + dot(t31, vb1, LOWP) + dot(t32, vb2, LOWP) + dot(t33, vb3, LOWP),
                  mask=m3[:, None] & mv[None, :])
 
 
@@ -307,14 +272,14 @@ def _state_fwd_kernel(
         tl.store(hs_ptr + (c * H + h) * K * V + kv_off, s, mask=mkv)
         w = tl.load(w_ptr + (ti[:, None] * H + h) * K + ok[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
         u = tl.load(u_ptr + (ti[:, None] * H + h) * V + ov[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
-        vn = u - _dot(w, s, LOWP)
+        vn = u - dot(w, s, LOWP)
         tl.store(vn_ptr + (ti[:, None] * H + h) * V + ov[None, :], vn, mask=mt[:, None] & mv[None, :])
         last = tl.minimum(t0 + C, eos) - 1
         gl = tl.load(gam_ptr + last * H + h)
         gm = tl.load(gam_ptr + ti * H + h, mask=mt, other=0.0)
         kk = tl.load(k_ptr + (ti[:, None] * HQ + h // G) * K + ok[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
         kd = kk.to(tl.float32) * tl.where(mt, tl.exp(gl - gm), 0.0)[:, None]
-        s = s * tl.exp(gl) + _dot(tl.trans(kd), vn, LOWP)
+        s = s * tl.exp(gl) + dot(tl.trans(kd), vn, LOWP)
     if STORE_HT:
         tl.store(ht_ptr + (n * H + h) * K * V + kv_off, s, mask=mkv)
 
@@ -354,11 +319,11 @@ def _output_fwd_kernel(
     s = tl.load(hs_ptr + (c * H + h) * K * V + ok[:, None] * V + ov[None, :], mask=mk[:, None] & mv[None, :], other=0.0)
     vn = tl.load(vn_ptr + (ti[:, None] * H + h) * V + ov[None, :], mask=mtv, other=0.0)
 
-    o = _dot(qq, s, LOWP) * tl.exp(gm)[:, None]
+    o = dot(qq, s, LOWP) * tl.exp(gm)[:, None]
     causal = (rows[:, None] >= rows[None, :]) & mt[:, None]
-    p = _dot(qq, tl.trans(kk), LOWP)
+    p = dot(qq, tl.trans(kk), LOWP)
     p = tl.where(causal, p * tl.exp(tl.where(causal, gm[:, None] - gm[None, :], 0.0)), 0.0)
-    o = (o + _dot(p, vn, LOWP)) * scale
+    o = (o + dot(p, vn, LOWP)) * scale
     tl.store(o_ptr + (ti[:, None] * H + h) * V + ov[None, :], o.to(o_ptr.dtype.element_ty), mask=mtv)
 
 
@@ -401,9 +366,9 @@ def _dv_local_kernel(
     gm = tl.load(gam_ptr + ti * H + h, mask=mt, other=0.0)
     do = tl.load(do_ptr + (ti[:, None] * H + h) * V + ov[None, :], mask=mtv, other=0.0)
     causal = (rows[:, None] >= rows[None, :]) & mt[:, None]
-    p = _dot(qq, tl.trans(kk), LOWP)
+    p = dot(qq, tl.trans(kk), LOWP)
     p = tl.where(causal, p * tl.exp(tl.where(causal, gm[:, None] - gm[None, :], 0.0)), 0.0) * scale
-    dvn = _dot(tl.trans(p), do, LOWP)
+    dvn = dot(tl.trans(p), do, LOWP)
     tl.store(dvn_ptr + (ti[:, None] * H + h) * V + ov[None, :], dvn, mask=mtv)
 
 
@@ -460,10 +425,10 @@ def _state_bwd_kernel(
         gl = tl.load(gam_ptr + last * H + h)
         gm = tl.load(gam_ptr + ti * H + h, mask=mt, other=0.0)
         kd = kk.to(tl.float32) * tl.where(mt, tl.exp(gl - gm), 0.0)[:, None]
-        dvn = dvl + _dot(kd, ds, LOWP)
+        dvn = dvl + dot(kd, ds, LOWP)
         tl.store(dvn_ptr + (ti[:, None] * H + h) * V + ov[None, :], dvn, mask=mtv)
         qg = qq.to(tl.float32) * tl.where(mt, scale * tl.exp(gm), 0.0)[:, None]
-        ds = ds * tl.exp(gl) + _dot(tl.trans(qg), do, LOWP) - _dot(tl.trans(w), dvn, LOWP)
+        ds = ds * tl.exp(gl) + dot(tl.trans(qg), do, LOWP) - dot(tl.trans(w), dvn, LOWP)
     if STORE_DH0:
         tl.store(dh0_ptr + (n * H + h) * K * V + kv_off, ds, mask=mkv)
 
@@ -525,13 +490,13 @@ def _grad_kernel(
         do = tl.load(do_ptr + (ti[:, None] * H + h) * V + ov[None, :], mask=mtv, other=0.0).to(tl.float32)
         vv = tl.load(v_ptr + (ti[:, None] * H + h) * V + ov[None, :], mask=mtv, other=0.0).to(tl.float32)
 
-        acc_dq += _dot(do, tl.trans(s), LOWP)
-        acc_dov += _dot(do, tl.trans(vn), LOWP)
-        acc_dw += _dot(dvn, tl.trans(s), LOWP)
-        acc_ks += _dot(vn, tl.trans(dsn), LOWP)
-        acc_dt += _dot(dvn, tl.trans(vv * bb[:, None]), LOWP)
+        acc_dq += dot(do, tl.trans(s), LOWP)
+        acc_dov += dot(do, tl.trans(vn), LOWP)
+        acc_dw += dot(dvn, tl.trans(s), LOWP)
+        acc_ks += dot(vn, tl.trans(dsn), LOWP)
+        acc_dt += dot(dvn, tl.trans(vv * bb[:, None]), LOWP)
         ss += tl.sum(dsn * s, 1)
-        dvb = _dot(tl.trans(tm), dvn, LOWP)  # dVb = T^T dU, with dU = dV_new
+        dvb = dot(tl.trans(tm), dvn, LOWP)  # dVb = T^T dU, with dU = dV_new
         dbeta += tl.sum(dvb * vv, 1)
         tl.store(dv_ptr + (ti[:, None] * H + h) * V + ov[None, :], (dvb * bb[:, None]).to(dv_ptr.dtype.element_ty), mask=mtv)
 
@@ -540,10 +505,10 @@ def _grad_kernel(
     strict = (rows[:, None] > rows[None, :]) & mt[:, None]
     diff = gm[:, None] - gm[None, :]
     lmat = tl.where(causal, tl.exp(tl.where(causal, diff, 0.0)), 0.0)
-    qk = _dot(qq, tl.trans(kk), LOWP)
+    qk = dot(qq, tl.trans(kk), LOWP)
     ds_ = scale * acc_dov * lmat
-    dq = scale * e[:, None] * acc_dq + _dot(ds_, kk, LOWP)
-    dk = _dot(tl.trans(ds_), qq, LOWP)
+    dq = scale * e[:, None] * acc_dq + dot(ds_, kk, LOWP)
+    dk = dot(tl.trans(ds_), qq, LOWP)
     z = ds_ * qk
     dgam = scale * e * tl.sum(qq * acc_dq, 1) + tl.sum(z, 1) - tl.sum(z, 0)
 
@@ -556,19 +521,19 @@ def _grad_kernel(
     # The WY form: W = T Kb, U = T Vb, T = (I + A)^{-1}.
     kb = kk * (bb * e)[:, None]
     dw = -acc_dw
-    dtm = acc_dt + _dot(dw, tl.trans(kb), LOWP)
-    dkb = _dot(tl.trans(tm), dw, LOWP)
+    dtm = acc_dt + dot(dw, tl.trans(kb), LOWP)
+    dkb = dot(tl.trans(tm), dw, LOWP)
     rk = tl.sum(dkb * kk, 1)
     dk += (bb * e)[:, None] * dkb
     dbeta += e * rk
     dgam += bb * e * rk
-    dm = -_dot(_dot(tl.trans(tm), dtm, LOWP), tl.trans(tm), LOWP)
+    dm = -dot(dot(tl.trans(tm), dtm, LOWP), tl.trans(tm), LOWP)
     emat = tl.where(strict, tl.exp(tl.where(strict, diff, 0.0)), 0.0)
-    kkt = _dot(kk, tl.trans(kk), LOWP)
+    kkt = dot(kk, tl.trans(kk), LOWP)
     da = tl.where(strict, dm, 0.0)
     dae = da * emat
     d = bb[:, None] * dae
-    dk += _dot(d, kk, LOWP) + _dot(tl.trans(d), kk, LOWP)
+    dk += dot(d, kk, LOWP) + dot(tl.trans(d), kk, LOWP)
     dbeta += tl.sum(dae * kkt, 1)
     daa = d * kkt  # dA * A
     dgam += tl.sum(daa, 1) - tl.sum(daa, 0)

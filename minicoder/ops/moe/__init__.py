@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from minicoder.config import KERNELS, register_kernel_name
 from minicoder.ops.moe.naive import moe_experts_naive
 from minicoder.ops.moe.sorted import moe_experts_sorted
 
@@ -51,6 +52,7 @@ def register_backend(name: str, fn: Callable[..., torch.Tensor], auto_on: tuple[
     """Add a backend `fn(x, topk_ids, topk_weights, gate_up_proj, down_proj) -> y`; put it first in
     the "auto" order for the device types listed in `auto_on` (e.g. ("cuda",))."""
     _BACKENDS[name] = fn
+    register_kernel_name(name)
     for dev in auto_on:
         order = _AUTO_ORDER.setdefault(dev, ["torch"])
         if name in order:
@@ -58,8 +60,11 @@ def register_backend(name: str, fn: Callable[..., torch.Tensor], auto_on: tuple[
         order.insert(0, name)
 
 
-def available_kernels() -> list[str]:
-    return ["auto", *_BACKENDS]
+def available_kernels(device: torch.device | str = "cpu") -> list[str]:
+    """The backends that load and can run on ``device`` (as in the gated-delta op: "auto" and names
+    only the other op implements are not listed)."""
+    del device  # every MoE backend runs on CPU tensors too (Triton's through its interpreter)
+    return [n for n in _BACKENDS if n != "triton" or _triton_importable()]
 
 
 def moe_experts(
@@ -82,9 +87,9 @@ def moe_experts(
             f"moe_experts: gate_up_proj {tuple(gate_up_proj.shape)} / down_proj {tuple(down_proj.shape)} "
             f"do not fit x [N, {x.shape[1]}] (expected [E, 2I, H] and [E, H, I])"
         )
-    if kernel in ("auto", "fla"):  # fla has no MoE kernel: the model-wide knob means "the best of ours"
+    if kernel not in KERNELS:
+        raise ValueError(f"moe_experts: kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel not in _BACKENDS:  # "auto", or a name only the gated-delta op has (fla): the best of ours
         order = _AUTO_ORDER.get(x.device.type, ["torch"])
         kernel = next(n for n in (*order, "torch") if n != "triton" or _triton_importable())
-    if kernel not in _BACKENDS:
-        raise ValueError(f"moe_experts: kernel must be one of {available_kernels()}, got {kernel!r}")
     return _BACKENDS[kernel](x, topk_ids, topk_weights, gate_up_proj, down_proj)

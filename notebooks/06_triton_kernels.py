@@ -1,34 +1,42 @@
-"""Generate notebooks/06_triton_kernels.ipynb (no outputs). Run: .venv/bin/python notebooks/_build/build_06_triton_kernels.py"""
+# ---
+# jupyter:
+#   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-from nbgen import code, md, write_notebook
+# %% [markdown]
+# # 06 · Our own Triton kernels: from ten lines to the chunked delta rule
+#
+# Notebook 02 turned the gated delta rule into chunks of 64 tokens: a few matmuls per chunk plus one
+# small sequential pass over the chunks. Written in PyTorch that is already much faster than the
+# token-by-token recurrence, but every intermediate goes through memory as a full tensor. A GPU kernel
+# keeps one chunk in on-chip memory and does all of its work there.
+#
+# This notebook builds `minicoder/ops/gated_delta/triton.py` step by step, each step checked against
+# PyTorch:
+#
+# 1. a ten-line Triton kernel: programs, blocks, masks;
+# 2. `tl.dot` and `tl.cumsum`: one chunk's decay matrix and scores;
+# 3. the triangular inverse $(I + A)^{-1}$ by forward substitution inside a kernel;
+# 4. the library's WY kernel, re-derived in PyTorch;
+# 5. the whole forward and the hand-derived backward against autograd through the recurrence;
+# 6. the MoE grouped GEMM: tokens sorted by expert, tiles that belong to one expert;
+# 7. on a GPU only: ours against flash-linear-attention.
+#
+# **No GPU?** Triton has an *interpreter*: with `TRITON_INTERPRET=1` set **before triton is imported**,
+# every kernel runs on CPU tensors, program by program, through NumPy. Slow, but exact enough to test
+# against, and it is how minicoder's CI checks these kernels. The first cell sets it when there is no
+# CUDA device.
 
-
-md(r"""
-# 06 · Our own Triton kernels: from ten lines to the chunked delta rule
-
-Notebook 02 turned the gated delta rule into chunks of 64 tokens: a few matmuls per chunk plus one
-small sequential pass over the chunks. Written in PyTorch that is already much faster than the
-token-by-token recurrence, but every intermediate goes through memory as a full tensor. A GPU kernel
-keeps one chunk in on-chip memory and does all of its work there.
-
-This notebook builds `minicoder/ops/gated_delta/triton.py` step by step, each step checked against
-PyTorch:
-
-1. a ten-line Triton kernel: programs, blocks, masks;
-2. `tl.dot` and `tl.cumsum`: one chunk's decay matrix and scores;
-3. the triangular inverse $(I + A)^{-1}$ by forward substitution inside a kernel;
-4. the library's WY kernel, re-derived in PyTorch;
-5. the whole forward and the hand-derived backward against autograd through the recurrence;
-6. the MoE grouped GEMM: tokens sorted by expert, tiles that belong to one expert;
-7. on a GPU only: ours against flash-linear-attention.
-
-**No GPU?** Triton has an *interpreter*: with `TRITON_INTERPRET=1` set **before triton is imported**,
-every kernel runs on CPU tensors, program by program, through NumPy. Slow, but exact enough to test
-against, and it is how minicoder's CI checks these kernels. The first cell sets it when there is no
-CUDA device.
-""")
-
-code("""
+# %%
 import os
 import torch
 if not torch.cuda.is_available():
@@ -44,19 +52,18 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CI = os.environ.get("MINICODER_CI") == "1"
 print(f"python {platform.python_version()}  torch {torch.__version__}  triton {triton.__version__}  "
       f"minicoder {minicoder.__version__}  device {DEVICE}  interpreter {os.environ.get('TRITON_INTERPRET') == '1'}")
-""")
 
-md(r"""
-## 1 · Ten lines of Triton
 
-A Triton kernel is a function that one *program* runs on one *block* of data; the launch grid says
-how many programs. Inside, `tl.arange` makes a vector of offsets, `tl.load` / `tl.store` move a block
-between memory and registers, and a *mask* switches off the lanes past the end of the tensor (the
-last block is usually partial). Here: the decay-and-scale step that every gated recurrence starts
-with, $y = x \cdot e^{g}$, for a 1-D tensor of any length.
-""")
+# %% [markdown]
+# ## 1 · Ten lines of Triton
+#
+# A Triton kernel is a function that one *program* runs on one *block* of data; the launch grid says
+# how many programs. Inside, `tl.arange` makes a vector of offsets, `tl.load` / `tl.store` move a block
+# between memory and registers, and a *mask* switches off the lanes past the end of the tensor (the
+# last block is usually partial). Here: the decay-and-scale step that every gated recurrence starts
+# with, $y = x \cdot e^{g}$, for a 1-D tensor of any length.
 
-code("""
+# %%
 @triton.jit
 def decay_kernel(x_ptr, g_ptr, y_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)   # this program's block of indices
@@ -71,23 +78,22 @@ y = torch.empty_like(x)
 decay_kernel[(triton.cdiv(n, 256),)](x, g, y, n, BLOCK=256)   # 4 programs, the last one 3/4 masked
 assert torch.allclose(y, x * g.exp())
 print("max |diff| vs PyTorch:", (y - x * g.exp()).abs().max().item())
-""")
 
-md(r"""
-## 2 · One chunk in registers: `tl.cumsum`, decays and `tl.dot`
 
-Inside a chunk of $C$ tokens the delta rule needs, per head, the cumulative log decay
-$\gamma = \mathrm{cumsum}(g)$, the causal decay matrix $L_{ij} = e^{\gamma_i - \gamma_j}$ ($j \le i$)
-and the scores $Q K^\top \odot L$. In a kernel these are a `tl.cumsum`, an outer difference and one
-`tl.dot` (a tensor-core matmul on a GPU). Two details that matter in every kernel below:
+# %% [markdown]
+# ## 2 · One chunk in registers: `tl.cumsum`, decays and `tl.dot`
+#
+# Inside a chunk of $C$ tokens the delta rule needs, per head, the cumulative log decay
+# $\gamma = \mathrm{cumsum}(g)$, the causal decay matrix $L_{ij} = e^{\gamma_i - \gamma_j}$ ($j \le i$)
+# and the scores $Q K^\top \odot L$. In a kernel these are a `tl.cumsum`, an outer difference and one
+# `tl.dot` (a tensor-core matmul on a GPU). Two details that matter in every kernel below:
+#
+# - **mask before `exp`**: above the diagonal $\gamma_i - \gamma_j > 0$ can overflow; we zero the
+#   difference there first, then zero the result.
+# - **`tl.dot` wants every block dimension ≥ 16** (also in the interpreter), so head dims are padded
+#   to a power of two ≥ 16 with masked loads.
 
-- **mask before `exp`**: above the diagonal $\gamma_i - \gamma_j > 0$ can overflow; we zero the
-  difference there first, then zero the result.
-- **`tl.dot` wants every block dimension ≥ 16** (also in the interpreter), so head dims are padded
-  to a power of two ≥ 16 with masked loads.
-""")
-
-code("""
+# %%
 @triton.jit
 def chunk_scores_kernel(q_ptr, k_ptr, g_ptr, s_ptr, C: tl.constexpr, D: tl.constexpr):
     r, d = tl.arange(0, C), tl.arange(0, D)
@@ -110,26 +116,25 @@ fig = go.Figure(go.Heatmap(z=scores.cpu().numpy(), colorscale="RdBu", zmid=0))
 fig.update_layout(title="one chunk's decayed causal scores QKᵀ ⊙ L (row = query, column = key)",
                   yaxis_autorange="reversed", width=520, height=480)
 fig.show()
-""")
 
-md(r"""
-## 3 · The triangular inverse inside a kernel
 
-The WY / UT form turns the chunk's 64 sequential delta-rule updates into matmuls with
-$T = (I + A)^{-1}$, where $A = \mathrm{strictly\_lower}(\mathrm{diag}(\beta) K K^\top \odot e^{\gamma_i-\gamma_j})$.
-$T$ is unit lower triangular, and with $T = I + X$ its rows follow from the ones above
-(forward substitution):
+# %% [markdown]
+# ## 3 · The triangular inverse inside a kernel
+#
+# The WY / UT form turns the chunk's 64 sequential delta-rule updates into matmuls with
+# $T = (I + A)^{-1}$, where $A = \mathrm{strictly\_lower}(\mathrm{diag}(\beta) K K^\top \odot e^{\gamma_i-\gamma_j})$.
+# $T$ is unit lower triangular, and with $T = I + X$ its rows follow from the ones above
+# (forward substitution):
+#
+# $$X_i = -A_i - \sum_{j<i} A_{ij} X_j .$$
+#
+# In the kernel the whole $C \times C$ block stays in registers; step $i$ reads row $i$ (still $-A_i$),
+# combines the finished rows above it, and writes row $i$ back: $C - 1$ steps of $C \times C$ work.
+# The library's `_wy_fwd_kernel` runs this same loop on the four $16 \times 16$ diagonal blocks only
+# (15 short steps each), then fills the blocks below the diagonal with small matmuls, from
+# $(I + A)\,T = I$: $T_{ij} = -T_{ii} \sum_{j \le m < i} A_{im} T_{mj}$ — fewer sequential steps on a GPU.
 
-$$X_i = -A_i - \sum_{j<i} A_{ij} X_j .$$
-
-In the kernel the whole $C \times C$ block stays in registers; step $i$ reads row $i$ (still $-A_i$),
-combines the finished rows above it, and writes row $i$ back: $C - 1$ steps of $C \times C$ work.
-The library's `_wy_fwd_kernel` runs this same loop on the four $16 \times 16$ diagonal blocks only
-(15 short steps each), then fills the blocks below the diagonal with small matmuls, from
-$(I + A)\,T = I$: $T_{ij} = -T_{ii} \sum_{j \le m < i} A_{im} T_{mj}$ — fewer sequential steps on a GPU.
-""")
-
-code("""
+# %%
 @triton.jit
 def unit_lower_inverse_kernel(a_ptr, t_ptr, C: tl.constexpr):
     rows = tl.arange(0, C)
@@ -148,19 +153,17 @@ I = torch.eye(C, device=DEVICE)
 print("|| T (I + A) - I ||_max =", (T @ (I + A) - I).abs().max().item())
 T_ref = torch.linalg.solve_triangular(I + A, I, upper=False, unitriangular=True)
 assert torch.allclose(T, T_ref, atol=1e-5)
-""")
 
-md(r"""
-## 4 · The library's WY kernel, re-derived
+# %% [markdown]
+# ## 4 · The library's WY kernel, re-derived
+#
+# `_wy_fwd_kernel` does sections 2 and 3 for one (chunk, value head) and then two more matmuls:
+# $W = T(\beta e^{\gamma} K)$ and $U = T(\beta V)$. We launch it on a packed row of three documents
+# (lengths 50, 64 and 86, so chunks end early inside documents), and re-derive every output in
+# PyTorch, chunk by chunk. The chunk table lists each chunk's first token and its document's end: a
+# chunk never crosses a document boundary, and the rows past the end are masked.
 
-`_wy_fwd_kernel` does sections 2 and 3 for one (chunk, value head) and then two more matmuls:
-$W = T(\beta e^{\gamma} K)$ and $U = T(\beta V)$. We launch it on a packed row of three documents
-(lengths 50, 64 and 86, so chunks end early inside documents), and re-derive every output in
-PyTorch, chunk by chunk. The chunk table lists each chunk's first token and its document's end: a
-chunk never crosses a document boundary, and the rows past the end are masked.
-""")
-
-code("""
+# %%
 from minicoder.ops.gated_delta import triton as gdt
 
 H, K, V = 2, 16, 32
@@ -187,25 +190,23 @@ for (t0, end) in table.tolist():
             worst = max(worst, ((ours - ref).norm() / ref.norm()).item())
 print(f"worst relative error over gamma, T, W, U in all {NT} chunks x {H} heads: {worst:.1e}")
 assert worst < 1e-5
-""")
 
-md(r"""
-## 5 · The whole forward and the derived backward
+# %% [markdown]
+# ## 5 · The whole forward and the derived backward
+#
+# The rest of the forward is two more kernels: a **sequential pass** per (document, head, block of
+# value columns) that carries the state $S$ from chunk to chunk
+# ($V_{\rm new} = U - WS$, $S \leftarrow e^{\gamma_{\rm last}} S + (K e^{\gamma_{\rm last}-\gamma})^\top V_{\rm new}$,
+# saving $S$ at every chunk start), and a **parallel output kernel** per chunk,
+# $O = \text{scale}\,[(Q e^{\gamma}) S + (QK^\top\odot L) V_{\rm new}]$.
+#
+# The backward mirrors it: a reverse pass carries $dS$ from the last chunk to the first, and one kernel
+# per chunk turns the saved $S$, $dS$, $V_{\rm new}$, $dV_{\rm new}$ into $dq, dk, dv, d\beta, dg$. The
+# gradients are derived by hand (they are written out in the module docstring), so they are the thing
+# to check: against autograd through the naive recurrence in float64, with shared q/k heads (GVA),
+# packed documents, an initial state and in-kernel L2 norm of q and k.
 
-The rest of the forward is two more kernels: a **sequential pass** per (document, head, block of
-value columns) that carries the state $S$ from chunk to chunk
-($V_{\rm new} = U - WS$, $S \leftarrow e^{\gamma_{\rm last}} S + (K e^{\gamma_{\rm last}-\gamma})^\top V_{\rm new}$,
-saving $S$ at every chunk start), and a **parallel output kernel** per chunk,
-$O = \text{scale}\,[(Q e^{\gamma}) S + (QK^\top\odot L) V_{\rm new}]$.
-
-The backward mirrors it: a reverse pass carries $dS$ from the last chunk to the first, and one kernel
-per chunk turns the saved $S$, $dS$, $V_{\rm new}$, $dV_{\rm new}$ into $dq, dk, dv, d\beta, dg$. The
-gradients are derived by hand (they are written out in the module docstring), so they are the thing
-to check: against autograd through the naive recurrence in float64, with shared q/k heads (GVA),
-packed documents, an initial state and in-kernel L2 norm of q and k.
-""")
-
-code("""
+# %%
 from minicoder.ops.gated_delta.naive import naive_recurrent_gated_delta_rule
 from minicoder.ops.gated_delta.triton import chunk_gated_delta_rule as triton_gdr
 
@@ -234,27 +235,24 @@ fig = go.Figure(go.Bar(x=list(errors), y=list(errors.values())))
 fig.update_layout(title="our Triton kernels (float32) vs autograd through the recurrence (float64)",
                   yaxis_type="log", yaxis_title="‖ours − ref‖ / ‖ref‖", height=380)
 fig.show()
-""")
 
-md(r"""
-The same call is behind the dispatcher: `minicoder.ops.gated_delta.chunk_gated_delta_rule(...,
-kernel="triton")`; `kernel="auto"` picks flash-linear-attention on a GPU when it is installed, else
-ours, and the PyTorch chunked version on a CPU. Asking for `"triton"` on a CPU without the interpreter
-is an error that says how to run it.
-""")
+# %% [markdown]
+# The same call is behind the dispatcher: `minicoder.ops.gated_delta.chunk_gated_delta_rule(...,
+# kernel="triton")`; `kernel="auto"` picks flash-linear-attention on a GPU when it is installed, else
+# ours, and the PyTorch chunked version on a CPU. Asking for `"triton"` on a CPU without the interpreter
+# is an error that says how to run it.
 
-md(r"""
-## 6 · The MoE grouped GEMM
+# %% [markdown]
+# ## 6 · The MoE grouped GEMM
+#
+# Each token picks $k$ of $E$ experts (Qwen3-Coder-Next: 10 of 512). A loop over experts launches
+# $2E$ small matmuls; the grouped GEMM launches one kernel per projection. The (token, slot) pairs are
+# sorted by expert and every expert's segment is padded to the row tile (64 rows on a GPU, 16 in the
+# interpreter), so each tile of rows belongs to exactly one expert and its program reads that expert's
+# weights only. Rows are gathered on load (x by token) and scattered on store (by pair), so no permuted
+# copy of $x$ is made. The layout, for 40 tokens, top-2 of 8 experts (expert 6 gets nothing):
 
-Each token picks $k$ of $E$ experts (Qwen3-Coder-Next: 10 of 512). A loop over experts launches
-$2E$ small matmuls; the grouped GEMM launches one kernel per projection. The (token, slot) pairs are
-sorted by expert and every expert's segment is padded to the row tile (64 rows on a GPU, 16 in the
-interpreter), so each tile of rows belongs to exactly one expert and its program reads that expert's
-weights only. Rows are gathered on load (x by token) and scattered on store (by pair), so no permuted
-copy of $x$ is made. The layout, for 40 tokens, top-2 of 8 experts (expert 6 gets nothing):
-""")
-
-code("""
+# %%
 from minicoder.ops.moe.naive import moe_experts_naive
 from minicoder.ops.moe.sorted import sort_by_expert
 from minicoder.ops.moe.triton import moe_experts_triton
@@ -273,9 +271,8 @@ fig = go.Figure(go.Heatmap(z=(rows >= 0).int().numpy(), colorscale=[[0, "#eeeeee
 fig.update_layout(title="padded rows per tile: blue = a (token, slot) pair, grey = padding", height=360,
                   yaxis_autorange="reversed", xaxis_title="row in tile")
 fig.show()
-""")
 
-code("""
+# %%
 x = torch.randn(N, Hd, generator=gen)
 gu, dn = torch.randn(E, 2 * Iff, Hd, generator=gen) / Hd**0.5, torch.randn(E, Hd, Iff, generator=gen) / Iff**0.5
 dy = torch.randn(N, Hd, generator=gen)
@@ -289,18 +286,16 @@ for label, a, b in zip(["y", "dx", "d topk_weights", "d gate_up_proj", "d down_p
     print(f"{label:>15}: relative error {rel(a, b):.1e}")
     assert rel(a, b) < 1e-5
 print("idle expert 6 gets exact zero weight gradients:", out["triton"][3][6].abs().max().item() == 0)
-""")
 
-md(r"""
-## 7 · On a GPU: ours against flash-linear-attention
+# %% [markdown]
+# ## 7 · On a GPU: ours against flash-linear-attention
+#
+# The cell below times forward + backward of our kernels and of fla's `chunk_gated_delta_rule` at the
+# full model's DeltaNet shapes (16 q/k heads, 32 value heads, dim 128, bf16). On a CPU it only says
+# so: the interpreter measures NumPy, not a GPU. `bench/kernels.py` runs the full sweep (2k to 64k
+# tokens, plus causal attention and the MoE grouped GEMM) and writes `bench/results/kernels_gpu.json`.
 
-The cell below times forward + backward of our kernels and of fla's `chunk_gated_delta_rule` at the
-full model's DeltaNet shapes (16 q/k heads, 32 value heads, dim 128, bf16). On a CPU it only says
-so: the interpreter measures NumPy, not a GPU. `bench/kernels.py` runs the full sweep (2k to 64k
-tokens, plus causal attention and the MoE grouped GEMM) and writes `bench/results/kernels_gpu.json`.
-""")
-
-code("""
+# %%
 if DEVICE != "cuda":
     print("No CUDA device: skipping the timing (see bench/kernels.py and bench/results/ for measured numbers).")
 else:
@@ -320,18 +315,14 @@ else:
     fig.update_layout(title="gated delta rule, forward + backward (bf16)", xaxis_type="log", yaxis_type="log",
                       xaxis_title="tokens", yaxis_title="ms")
     fig.show()
-""")
 
-md(r"""
-## What to take away
-
-- A Triton kernel is a program over blocks, with masks for ragged edges; the interpreter runs the
-  same code on a CPU, which is how these kernels are tested in CI.
-- The chunked delta rule is three forward kernels (the within-chunk WY transform, the sequential
-  state pass, the parallel output) and three backward ones; the state entering every chunk is saved
-  so the backward needs only one reverse pass.
-- The MoE grouped GEMM wins by sorting tokens by expert and padding segments to the tile, so one
-  launch serves every expert — including the ones that got no tokens (they just have no tiles).
-""")
-
-write_notebook("06_triton_kernels.ipynb")
+# %% [markdown]
+# ## What to take away
+#
+# - A Triton kernel is a program over blocks, with masks for ragged edges; the interpreter runs the
+#   same code on a CPU, which is how these kernels are tested in CI.
+# - The chunked delta rule is three forward kernels (the within-chunk WY transform, the sequential
+#   state pass, the parallel output) and three backward ones; the state entering every chunk is saved
+#   so the backward needs only one reverse pass.
+# - The MoE grouped GEMM wins by sorting tokens by expert and padding segments to the tile, so one
+#   launch serves every expert — including the ones that got no tokens (they just have no tiles).

@@ -15,8 +15,13 @@ How a task names its environment (`Environment`):
   - `python_packages`: pip requirements the tests need (installed from wheels the host downloads);
   - `test_cmd`: the test runner; test ids are appended to it.
 
-The workspace a sandbox builds (`materialize_repo`) is a fresh single-commit git repository: no
-remotes and no history beyond the base commit, so an agent cannot read the fix from the future.
+The workspace a sandbox builds from a task (`minicoder.gitdiff.materialize_repo`) is a fresh
+single-commit git repository: no remotes and no history beyond the base commit, so an agent cannot
+read the fix from the future.
+
+This module imports nothing else from minicoder (SWE-bench keeps its record in `types.py` for the
+same reason): the sandbox, task synthesis, training and RL all read tasks without depending on
+each other.
 
 Files are JSONL (one task per line) or HF `datasets` (Arrow, `save_to_disk`). Reading checks every
 field and names the bad field and line: `TaskFormatError: tasks.jsonl line 7: field 'FAIL_TO_PASS':
@@ -28,8 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,8 +40,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-DEFAULT_IMAGE = "minicoder/python:3.11"
+DEFAULT_IMAGE = "minicoder/python:3.11"  # the base image (`minicoder images base` builds it)
 SOURCES = ("git", "mutation", "humaneval", "manual")
+PASSING = ("passed", "xfailed")  # outcomes that count as passing (SWE-bench counts an expected failure)
 
 
 class TaskFormatError(ValueError):
@@ -93,12 +97,7 @@ class Task:
     @classmethod
     def from_dict(cls, d: Any, where: str = "task") -> Task:
         """Build a Task from a dict, checking every field; errors name `where` and the field."""
-        if not isinstance(d, dict):
-            raise TaskFormatError(f"{where}: expected a JSON object, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise TaskFormatError(f"{where}: unknown field(s) {unknown}")
+        _check_object(d, cls, where)
         required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
                     and f.default_factory is dataclasses.MISSING]
         for name in required:
@@ -146,15 +145,19 @@ class Task:
             raise TaskFormatError(f"{where}: field 'base_commit' is required when the environment names a repo_path")
 
 
+def _check_object(d: Any, cls: type, where: str) -> None:
+    """`d` is a dict whose keys are all fields of the dataclass `cls`; else TaskFormatError."""
+    if not isinstance(d, dict):
+        raise TaskFormatError(f"{where}: expected {'a JSON object' if cls is Task else 'an object'}, got {type(d).__name__}")
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise TaskFormatError(f"{where}: unknown field(s) {unknown}")
+
+
 def _environment_from(v: Any, where: str) -> Environment:
     if isinstance(v, Environment):
         return v
-    if not isinstance(v, dict):
-        raise TaskFormatError(f"{where}: field 'environment': expected an object, got {type(v).__name__}")
-    names = {f.name for f in dataclasses.fields(Environment)}
-    unknown = sorted(set(v) - names)
-    if unknown:
-        raise TaskFormatError(f"{where}: field 'environment': unknown field(s) {unknown}")
+    _check_object(v, Environment, f"{where}: field 'environment'")
     files = v.get("files")
     if files is not None and (not isinstance(files, dict)
                               or not all(isinstance(a, str) and isinstance(b, str) for a, b in files.items())):
@@ -219,16 +222,6 @@ def write_tasks(path: str | os.PathLike, tasks: Iterable[Task]) -> int:
     return n
 
 
-def append_task(path: str | os.PathLike, task: Task) -> None:
-    """Append one task to a JSONL file, flushed to disk (for resumable pipelines)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(task.to_dict(), ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def to_hf_dataset(tasks: Iterable[Task]):
     """An HF `datasets.Dataset`, nested fields stored as JSON strings (as SWE-bench does)."""
     import datasets
@@ -266,75 +259,3 @@ def save_tasks(path: str | os.PathLike, tasks: Iterable[Task]) -> None:
         write_tasks(path, tasks)
     else:
         to_hf_dataset(tasks).save_to_disk(str(path))
-
-
-# --- workspaces -------------------------------------------------------------------------------
-
-_GIT_ENV = {
-    "GIT_AUTHOR_NAME": "minicoder", "GIT_AUTHOR_EMAIL": "minicoder@localhost",
-    "GIT_COMMITTER_NAME": "minicoder", "GIT_COMMITTER_EMAIL": "minicoder@localhost",
-    "GIT_AUTHOR_DATE": "2000-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2000-01-01T00:00:00Z",
-}
-
-
-def _git(args: list[str], cwd: Path, stdin: bytes | None = None) -> bytes:
-    env = {**os.environ, **_GIT_ENV, "GIT_CONFIG_NOSYSTEM": "1"}
-    proc = subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout
-
-
-def materialize_repo(task: Task, dest: str | os.PathLike) -> Path:
-    """Write the task's repository at its base commit into `dest` (created; must not exist or be empty).
-
-    The result is a fresh git repository with one commit ("base") and no remotes: neither the fix
-    nor any later history is reachable from it. Neither `patch` nor `test_patch` is applied.
-    """
-    dest = Path(dest)
-    if dest.exists() and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} is not empty")
-    dest.mkdir(parents=True, exist_ok=True)
-    env = task.environment
-    if env.files is not None:
-        for rel, text in env.files.items():
-            p = (dest / rel).resolve()
-            if not str(p).startswith(str(dest.resolve()) + os.sep):
-                raise TaskFormatError(f"{task.instance_id}: environment.files path escapes the repository: {rel!r}")
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(text, encoding="utf-8")
-    else:
-        src = env.repo_path
-        assert src is not None
-        with tempfile.TemporaryDirectory(prefix="minicoder-src-") as tmp:
-            src_dir = Path(src)
-            if not src_dir.exists():  # a URL: clone it (bare, no checkout) first
-                _git(["clone", "--quiet", "--bare", src, tmp + "/repo.git"], cwd=Path(tmp))
-                src_dir = Path(tmp) / "repo.git"
-            archive = _git(["archive", "--format=tar", task.base_commit], cwd=src_dir)
-        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    _git(["init", "--quiet", "--initial-branch=main"], cwd=dest)
-    _git(["add", "-A"], cwd=dest)
-    _git(["commit", "--quiet", "--allow-empty", "--no-verify", "-m", "base"], cwd=dest)
-    return dest
-
-
-def snapshot_files(repo_dir: str | os.PathLike, exclude: Iterable[str] = (".git",)) -> dict[str, str]:
-    """The text files of a directory as {relative path: text} (for `Environment(files=...)`)."""
-    repo_dir = Path(repo_dir)
-    skip = set(exclude)
-    out: dict[str, str] = {}
-    for p in sorted(repo_dir.rglob("*")):
-        rel = p.relative_to(repo_dir)
-        if p.is_dir() or any(part in skip or part == "__pycache__" for part in rel.parts):
-            continue
-        try:
-            out[rel.as_posix()] = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            continue  # binary files are not part of inline snapshots
-    return out
-
-
-def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Copy a workspace (including .git) to a fresh location."""
-    shutil.copytree(src, dst, symlinks=True)

@@ -1,29 +1,37 @@
-"""Generate notebooks/04_moe.ipynb (no outputs). Run: .venv/bin/python notebooks/_build/build_04_moe.py"""
+# ---
+# jupyter:
+#   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-from nbgen import code, md, write_notebook
+# %% [markdown]
+# # 04 · Mixture of experts: routing, the shared expert, load balancing, sorted dispatch
+#
+# Every layer of Qwen3-Coder-Next replaces the dense feed-forward network with a **mixture of experts**:
+# 512 small SwiGLU networks, of which each token uses only 10, chosen by a learned **router**, plus one
+# **shared expert** that every token uses. That is how an 80B-parameter model costs about 3B parameters
+# of compute per token.
+#
+# 1. the router: softmax over experts, top-k, renormalise, re-derived and checked against `SparseMoE.route`;
+# 2. the experts and the sigmoid-gated shared expert: the whole block by brute force, token by token;
+# 3. the load-balancing loss $E\sum_e f_e P_e$: what it measures and its range;
+# 4. training a tiny MoE language model with and without the balancing loss: expert load and its
+#    coefficient of variation over the steps;
+# 5. micro-batch vs **global-batch** balancing (Qiu et al., 2025), exactly and on the trained model;
+# 6. computing the experts fast: sorted dispatch (one grouped GEMM) against the naive loop.
+#
+# Everything is `minicoder.model.moe` and `minicoder.ops.moe`; the notebook re-derives, checks and plots.
 
-
-md(r"""
-# 04 · Mixture of experts: routing, the shared expert, load balancing, sorted dispatch
-
-Every layer of Qwen3-Coder-Next replaces the dense feed-forward network with a **mixture of experts**:
-512 small SwiGLU networks, of which each token uses only 10, chosen by a learned **router**, plus one
-**shared expert** that every token uses. That is how an 80B-parameter model costs about 3B parameters
-of compute per token.
-
-1. the router: softmax over experts, top-k, renormalise, re-derived and checked against `SparseMoE.route`;
-2. the experts and the sigmoid-gated shared expert: the whole block by brute force, token by token;
-3. the load-balancing loss $E\sum_e f_e P_e$: what it measures and its range;
-4. training a tiny MoE language model with and without the balancing loss: expert load and its
-   coefficient of variation over the steps;
-5. micro-batch vs **global-batch** balancing (Qiu et al., 2025), exactly and on the trained model;
-6. computing the experts fast: sorted dispatch (one grouped GEMM) against the naive loop.
-
-Everything is `minicoder.model.moe` and `minicoder.ops.moe`; the notebook re-derives, checks and plots.
-""")
-
-code("""
-import os, math, platform, time
+# %%
+import os, platform, time
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -45,18 +53,16 @@ torch.manual_seed(0)
 f64 = torch.float64
 print(f"python {platform.python_version()}  torch {torch.__version__}  numpy {np.__version__}  "
       f"plotly {plotly.__version__}  minicoder {minicoder.__version__}")
-""")
 
-md(r"""
-## 1. The router: softmax, top-k, renormalise
+# %% [markdown]
+# ## 1. The router: softmax, top-k, renormalise
+#
+# The router is one linear map from the hidden state to $E$ logits. Qwen3-Next takes a softmax over
+# **all** experts (in float32), keeps the $k$ largest probabilities, and, with `norm_topk_prob`,
+# rescales those $k$ to sum to 1. The token's output is then the weighted sum of its $k$ experts'
+# outputs. Using the toy config's block (16 experts, top-2), with random weights:
 
-The router is one linear map from the hidden state to $E$ logits. Qwen3-Next takes a softmax over
-**all** experts (in float32), keeps the $k$ largest probabilities, and, with `norm_topk_prob`,
-rescales those $k$ to sum to 1. The token's output is then the weighted sum of its $k$ experts'
-outputs. Using the toy config's block (16 experts, top-2), with random weights:
-""")
-
-code("""
+# %%
 cfg = ModelConfig.from_preset("toy")
 E, k = cfg.num_experts, cfg.num_experts_per_tok
 moe = SparseMoE(cfg).double().requires_grad_(False)   # inspection only: no autograd graph
@@ -66,7 +72,7 @@ with torch.no_grad():
 x = torch.randn(32, cfg.hidden_size, dtype=f64)                  # 32 tokens
 
 def route(x, router_weight, k, renormalise=True):
-    \"\"\"x: [N, H] -> (probs [N, E] float32, topk_ids [N, k], topk_weights [N, k]).\"\"\"
+    """x: [N, H] -> (probs [N, E] float32, topk_ids [N, k], topk_weights [N, k])."""
     probs = (x @ router_weight.T).float().softmax(-1)
     weights, ids = probs.topk(k, dim=-1)
     if renormalise:
@@ -86,27 +92,26 @@ fig.update_layout(title=f"token 0: router probabilities over {E} experts; top-{k
 fig.show()
 print(f"token 0 goes to experts {ids[0].tolist()} with probabilities {[round(p, 3) for p in probs[0, ids[0]].tolist()]} "
       f"-> weights {[round(w, 3) for w in weights[0].tolist()]}")
-""")
 
-md(r"""
-## 2. Experts and the gated shared expert, token by token
 
-Each expert is a SwiGLU: $\mathrm{down}\big(\mathrm{silu}(\mathrm{gate}\,x) \odot \mathrm{up}\,x\big)$. The
-library stores all experts in two stacked tensors, `gate_up_proj: [E, 2I, H]` (the $I$ gate rows, then
-the $I$ up rows) and `down_proj: [E, H, I]`. The shared expert is one more (wider) SwiGLU that every
-token uses, scaled per token by $\sigma(w_s^\top x)$, a learned scalar gate:
+# %% [markdown]
+# ## 2. Experts and the gated shared expert, token by token
+#
+# Each expert is a SwiGLU: $\mathrm{down}\big(\mathrm{silu}(\mathrm{gate}\,x) \odot \mathrm{up}\,x\big)$. The
+# library stores all experts in two stacked tensors, `gate_up_proj: [E, 2I, H]` (the $I$ gate rows, then
+# the $I$ up rows) and `down_proj: [E, H, I]`. The shared expert is one more (wider) SwiGLU that every
+# token uses, scaled per token by $\sigma(w_s^\top x)$, a learned scalar gate:
+#
+# $$y = \sum_{j=1}^{k} w_j\, \mathrm{Expert}_{e_j}(x) \;+\; \sigma(w_s^\top x)\,\mathrm{Shared}(x).$$
+#
+# The most literal implementation, one token and one expert at a time, equals the library's block:
 
-$$y = \sum_{j=1}^{k} w_j\, \mathrm{Expert}_{e_j}(x) \;+\; \sigma(w_s^\top x)\,\mathrm{Shared}(x).$$
-
-The most literal implementation, one token and one expert at a time, equals the library's block:
-""")
-
-code("""
+# %%
 def swiglu(x, w_gate, w_up, w_down):
     return (F.silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
 
 def moe_block_brute_force(moe, x):
-    \"\"\"x: [N, H] -> [N, H], one token at a time.\"\"\"
+    """x: [N, H] -> [N, H], one token at a time."""
     _, ids, weights = route(x, moe.gate.weight, moe.top_k)
     I = moe.experts.down_proj.shape[-1]
     se = moe.shared_expert
@@ -132,27 +137,26 @@ print(f"this block: {n_routed + n_other:,} parameters, of which a token uses {n_
 full = ModelConfig.from_preset("full")
 print(f"full config: {full.num_experts} experts, top-{full.num_experts_per_tok} + 1 shared -> a token uses "
       f"{full.num_experts_per_tok / full.num_experts:.1%} of the routed expert weights")
-""")
 
-md(r"""
-## 3. The load-balancing loss
 
-Nothing in the language-model loss asks the router to spread tokens. Left alone it tends to
-**collapse**: experts that get tokens early get better, so they get more tokens, and the rest idle,
-wasting parameters (and, across GPUs, one device does all the work). The Switch-Transformer-style loss
-that Qwen uses pushes back:
+# %% [markdown]
+# ## 3. The load-balancing loss
+#
+# Nothing in the language-model loss asks the router to spread tokens. Left alone it tends to
+# **collapse**: experts that get tokens early get better, so they get more tokens, and the rest idle,
+# wasting parameters (and, across GPUs, one device does all the work). The Switch-Transformer-style loss
+# that Qwen uses pushes back:
+#
+# $$\mathcal{L}_{\text{aux}} = E \sum_{e=1}^{E} f_e\,P_e, \qquad
+# f_e = \frac{\#\{\text{routing slots that went to } e\}}{N}, \quad P_e = \frac{1}{N}\sum_{n} p_{n,e}.$$
+#
+# $f_e$ counts tokens (it sums to $k$ and has no gradient); $P_e$ is the mean router probability (it
+# sums to 1 and carries the gradient). The product is smallest when the experts that get the most slots
+# get lower probability. Its range: perfectly uniform routing gives $E\cdot E\cdot\frac{k}{E}\cdot\frac1E = k$;
+# all tokens on the same $k$ experts (each with probability $1/k$) gives $E$. The model adds
+# `router_aux_loss_coef` times it to the loss (0.001 in Qwen3-Coder-Next, 0.01 in our toy preset).
 
-$$\mathcal{L}_{\text{aux}} = E \sum_{e=1}^{E} f_e\,P_e, \qquad
-f_e = \frac{\#\{\text{routing slots that went to } e\}}{N}, \quad P_e = \frac{1}{N}\sum_{n} p_{n,e}.$$
-
-$f_e$ counts tokens (it sums to $k$ and has no gradient); $P_e$ is the mean router probability (it
-sums to 1 and carries the gradient). The product is smallest when the experts that get the most slots
-get lower probability. Its range: perfectly uniform routing gives $E\cdot E\cdot\frac{k}{E}\cdot\frac1E = k$;
-all tokens on the same $k$ experts (each with probability $1/k$) gives $E$. The model adds
-`router_aux_loss_coef` times it to the loss (0.001 in Qwen3-Coder-Next, 0.01 in our toy preset).
-""")
-
-code("""
+# %%
 def aux_loss(probs, ids, E):
     f = torch.bincount(ids.flatten(), minlength=E).double() / len(ids)     # sums to k
     P = probs.double().mean(0)                                              # sums to 1
@@ -168,21 +172,19 @@ collapsed_logits = torch.full((N, E), -30.0)
 collapsed_logits[:, :k] = 0.0                                                       # only experts 0..k-1
 print(f"uniform routing: aux = {aux_loss(uniform_logits.softmax(-1), uniform_ids, E):.3f} (= k = {k});  "
       f"collapsed onto {k} experts: aux = {aux_loss(collapsed_logits.softmax(-1), collapsed_logits.topk(k).indices, E):.3f} (= E = {E})")
-""")
 
-md(r"""
-## 4. Training a tiny MoE language model with and without the balancing loss
+# %% [markdown]
+# ## 4. Training a tiny MoE language model with and without the balancing loss
+#
+# Three copies of a small MoE language model (the toy preset cut to 2 attention layers, each with a
+# 16-expert top-2 MoE) on packed standard-library code, identical seed, data and schedule, differing
+# only in the balancing coefficient: 0 (no balancing), 0.01 (the toy preset's) and 0.1. The trainer
+# (`minicoder.train.Trainer`) records, every step, each layer's share of routing slots per expert over
+# the step's batch. One number summarises a load vector: its **coefficient of variation**
+# $\mathrm{CV} = \mathrm{std}_e(\text{load}_e)/\mathrm{mean}_e(\text{load}_e)$, 0 when perfectly balanced,
+# $\sqrt{E/k - 1} = \sqrt{7} \approx 2.65$ when every token goes to the same 2 experts.
 
-Three copies of a small MoE language model (the toy preset cut to 2 attention layers, each with a
-16-expert top-2 MoE) on packed standard-library code, identical seed, data and schedule, differing
-only in the balancing coefficient: 0 (no balancing), 0.01 (the toy preset's) and 0.1. The trainer
-(`minicoder.train.Trainer`) records, every step, each layer's share of routing slots per expert over
-the step's batch. One number summarises a load vector: its **coefficient of variation**
-$\mathrm{CV} = \mathrm{std}_e(\text{load}_e)/\mathrm{mean}_e(\text{load}_e)$, 0 when perfectly balanced,
-$\sqrt{E/k - 1} = \sqrt{7} \approx 2.65$ when every token goes to the same 2 experts.
-""")
-
-code("""
+# %%
 STEPS = 80 if CI else 300
 t0 = time.perf_counter()
 tok = train_tokenizer([d.text for d in iter_corpus("stdlib", max_files=120, seed=0)], vocab_size=2048)
@@ -203,43 +205,40 @@ for coef in (0.0, 0.01, 0.1):
     print(f"coef {coef:<5}: {time.process_time() - c0:4.1f} CPU-s  loss {recs[0]['loss']:.2f} -> {recs[-1]['loss']:.3f}  "
           f"CV (last 10 steps, per layer) {[round(c, 2) for c in cv[-10:].mean(0).tolist()]}  "
           f"busiest expert's share {[round(m, 3) for m in load[-10:].mean(0).max(-1).values.tolist()]} (balanced: {1 / E:.4f})")
-""")
 
-code("""
+# %%
 cv_curves = {f"coef {c}, layer {i}": (r["load"].std(-1) / r["load"].mean(-1))[:, i] for c, r in runs.items() for i in range(2)}
 curves(cv_curves, "coefficient of variation of the expert load, per step", yaxis="CV (0 = balanced)").show()
 expert_load_bars({f"coef {c}": r["load"][-10:, 1].mean(0) for c, r in runs.items()},
                  "layer 1: share of routing slots per expert, last 10 steps", top_k=k).show()
 curves({f"coef {c}": r["loss"] for c, r in runs.items()}, "training loss", yaxis="cross-entropy (nats/token)").show()
-""")
 
-md(r"""
-Without the balancing loss the load drifts away from uniform as training goes on: a few experts take
-a large share and some get almost nothing. The balancing loss holds the CV down, more with a larger
-coefficient, at a small cost in language-model loss over this short run (compare the curves;
-at a large coefficient the router eventually trades prediction quality for balance, which is why
-production values are small).
+# %% [markdown]
+# Without the balancing loss the load drifts away from uniform as training goes on: a few experts take
+# a large share and some get almost nothing. The balancing loss holds the CV down, more with a larger
+# coefficient, at a small cost in language-model loss over this short run (compare the curves;
+# at a large coefficient the router eventually trades prediction quality for balance, which is why
+# production values are small).
+#
+# ## 5. Micro-batch vs global-batch balancing
+#
+# $f_e$ and $P_e$ are averages over *some* set of tokens. The usual implementation computes them per
+# **micro-batch** (what one device sees in one forward pass). But a micro-batch is small and often
+# homogeneous (one long file, one language, one task), and *specialised* experts are the point of an
+# MoE: a micro-batch of SQL should use the SQL experts. Micro-batch balancing penalises that, pushing
+# every micro-batch toward uniform routing. **Global-batch balancing** (Qiu et al., 2025) computes $f_e$
+# over the whole global batch (all micro-batches of the step, all-reduced over the data-parallel ranks)
+# and only asks that to be uniform; $P_e$ stays local, so the gradient is the same local computation.
+#
+# The library does this with `ExpertLoadTracker`: each micro-batch's slot counts are added up (and
+# all-reduced under `torch.distributed`), and `load_balancing_loss(stats, E, global_counts=f)` uses them.
+# The trainer passes a tracker to the model, so training above already balanced over its step's batch.
+#
+# An exact example first: two "domains" whose tokens the router sends to disjoint halves of the experts
+# (domain A to experts 0-7, B to 8-15), one micro-batch of each. Each micro-batch alone looks badly
+# imbalanced; together they are perfectly balanced:
 
-## 5. Micro-batch vs global-batch balancing
-
-$f_e$ and $P_e$ are averages over *some* set of tokens. The usual implementation computes them per
-**micro-batch** (what one device sees in one forward pass). But a micro-batch is small and often
-homogeneous (one long file, one language, one task), and *specialised* experts are the point of an
-MoE: a micro-batch of SQL should use the SQL experts. Micro-batch balancing penalises that, pushing
-every micro-batch toward uniform routing. **Global-batch balancing** (Qiu et al., 2025) computes $f_e$
-over the whole global batch (all micro-batches of the step, all-reduced over the data-parallel ranks)
-and only asks that to be uniform; $P_e$ stays local, so the gradient is the same local computation.
-
-The library does this with `ExpertLoadTracker`: each micro-batch's slot counts are added up (and
-all-reduced under `torch.distributed`), and `load_balancing_loss(stats, E, global_counts=f)` uses them.
-The trainer passes a tracker to the model, so training above already balanced over its step's batch.
-
-An exact example first: two "domains" whose tokens the router sends to disjoint halves of the experts
-(domain A to experts 0-7, B to 8-15), one micro-batch of each. Each micro-batch alone looks badly
-imbalanced; together they are perfectly balanced:
-""")
-
-code("""
+# %%
 H = cfg.hidden_size
 u = F.normalize(torch.randn(H, dtype=f64), dim=0)
 block = SparseMoE(cfg).double().requires_grad_(False)
@@ -264,15 +263,13 @@ print(f"micro-batch balancing:  aux per micro-batch {np.round(local, 3).tolist()
 print(f"global-batch balancing: aux per micro-batch {np.round(glob, 3).tolist()}  -> the union is balanced: about the minimum")
 expert_load_bars({"micro-batch A": micro_stats[0].counts / 512 / k, "micro-batch B": micro_stats[1].counts / 512 / k,
                   "global batch (A + B)": f_global / k}, "share of routing slots per expert", top_k=k).show()
-""")
 
-md(r"""
-And on the model trained above with coefficient 0.01: eight micro-batches of one packed row each
-(256 tokens, mostly one or two source files). Compare the load of a single row with the load of the
-eight rows together, and the balancing loss computed both ways:
-""")
+# %% [markdown]
+# And on the model trained above with coefficient 0.01: eight micro-batches of one packed row each
+# (256 tokens, mostly one or two source files). Compare the load of a single row with the load of the
+# eight rows together, and the balancing loss computed both ways:
 
-code("""
+# %%
 model = runs[0.01]["model"].eval()
 tracker = ExpertLoadTracker()
 per_row = []
@@ -289,43 +286,38 @@ cv_row = np.mean([((s[1].counts / s[1].counts.mean()).std()).item() for s in per
 cv_all = (f_all[1].std() / f_all[1].mean()).item()
 print(f"layer 1 load CV: single row (mean of 8) {cv_row:.2f}   all 8 rows together {cv_all:.2f}")
 print(f"aux loss, mean over the 8 micro-batches: micro-batch f_e {local:.3f}   global-batch f_e {glob:.3f}   (minimum {k})")
-""")
 
-md(r"""
-The difference of the two losses, averaged over micro-batches, is $E\sum_e \mathrm{Cov}_{\text{micro-batches}}(f_e, P_e)$:
-positive whenever a micro-batch that sends more tokens to an expert also gives it more probability,
-which routing by top-$k$ of the probabilities makes the usual case. On this toy model the gap is small: its experts have
-had 80 steps to specialise and every row is Python from the same library, so rows differ little in
-which experts they need. The gap grows with the diversity of a global batch (languages, tasks, chat
-vs code) and with how specialised the experts become; the exact example above shows the mechanism.
-""")
+# %% [markdown]
+# The difference of the two losses, averaged over micro-batches, is $E\sum_e \mathrm{Cov}_{\text{micro-batches}}(f_e, P_e)$:
+# positive whenever a micro-batch that sends more tokens to an expert also gives it more probability,
+# which routing by top-$k$ of the probabilities makes the usual case. On this toy model the gap is small: its experts have
+# had 80 steps to specialise and every row is Python from the same library, so rows differ little in
+# which experts they need. The gap grows with the diversity of a global batch (languages, tasks, chat
+# vs code) and with how specialised the experts become; the exact example above shows the mechanism.
 
-md(r"""
-## 6. Computing the experts: the naive loop vs sorted dispatch
+# %% [markdown]
+# ## 6. Computing the experts: the naive loop vs sorted dispatch
+#
+# After routing, $N$ tokens make $N k$ (token, expert) pairs. The **naive** implementation loops over
+# experts, gathers each one's tokens and runs its FFN: $E$ small matmuls launched from Python. **Sorted
+# dispatch** (vLLM's fused MoE, ScatterMoE, `torch._grouped_mm`) argsorts the pairs by expert once, so
+# each expert's rows become one contiguous segment of a single gathered matrix; one **grouped GEMM**
+# then multiplies segment $s$ by expert $s$'s weights, and one weighted `index_add` scatters the results
+# back. Here is the layout for 6 tokens, top-2 of 4 experts:
 
-After routing, $N$ tokens make $N k$ (token, expert) pairs. The **naive** implementation loops over
-experts, gathers each one's tokens and runs its FFN: $E$ small matmuls launched from Python. **Sorted
-dispatch** (vLLM's fused MoE, ScatterMoE, `torch._grouped_mm`) argsorts the pairs by expert once, so
-each expert's rows become one contiguous segment of a single gathered matrix; one **grouped GEMM**
-then multiplies segment $s$ by expert $s$'s weights, and one weighted `index_add` scatters the results
-back. Here is the layout for 6 tokens, top-2 of 4 experts:
-""")
-
-code("""
+# %%
 tiny_ids = torch.tensor([[0, 2], [1, 2], [2, 3], [0, 1], [2, 0], [3, 2]])
 lay = sort_by_expert(tiny_ids, 4)
 pairs = lay["order"]
 print("pairs (token, expert) in sorted order:", [(int(p) // 2, int(tiny_ids.flatten()[p])) for p in pairs])
 print("rows per expert:", lay["counts"].tolist(), "  segment ends (grouped-GEMM offsets):", lay["offsets"].tolist())
-""")
 
-md(r"""
-Both kernels behind the library's dispatcher (`kernel="naive"` and `kernel="torch"`; on a GPU `"triton"`
-is our grouped-GEMM kernel, notebook 06) must give the same outputs **and** gradients, including awkward
-sizes and experts that receive no token at all (they must still get an exact zero gradient):
-""")
+# %% [markdown]
+# Both kernels behind the library's dispatcher (`kernel="naive"` and `kernel="torch"`; on a GPU `"triton"`
+# is our grouped-GEMM kernel, notebook 06) must give the same outputs **and** gradients, including awkward
+# sizes and experts that receive no token at all (they must still get an exact zero gradient):
 
-code("""
+# %%
 print("available kernels:", available_kernels())
 g = torch.Generator().manual_seed(1)
 N, H, I, E_big, k_big = 37, 24, 40, 12, 3
@@ -347,16 +339,15 @@ for name, a, b in zip(("output", "d x", "d gate_up_proj", "d down_proj"), result
 d_gate_up = results["torch"][2]
 assert d_gate_up[[4, 9]].abs().max() == 0 and d_gate_up[[0, 1]].abs().max() > 0
 print("idle experts 4 and 9: exact zero gradient, and still in the graph")
-""")
 
-md(r"""
-Speed on this CPU (float32, one thread) at the toy width with many tokens: the loop's cost is $E$
-Python-level launches per projection; the sorted version does one gather, one grouped GEMM per
-projection (`torch._grouped_mm` where this PyTorch supports it on CPU) and one scatter. The numbers
-are this machine's, not a benchmark (see `bench/kernels.py` for that):
-""")
 
-code("""
+# %% [markdown]
+# Speed on this CPU (float32, one thread) at the toy width with many tokens: the loop's cost is $E$
+# Python-level launches per projection; the sorted version does one gather, one grouped GEMM per
+# projection (`torch._grouped_mm` where this PyTorch supports it on CPU) and one scatter. The numbers
+# are this machine's, not a benchmark (see `bench/kernels.py` for that):
+
+# %%
 def best_time(fn, repeat=3):
     times = []
     for _ in range(repeat):
@@ -377,20 +368,16 @@ for E_t in (16, 64):
         t_sorted = best_time(lambda: moe_experts(xs, ids_, w_, gu, dn, kernel="torch"))
     rows_timing.append((E_t, t_naive, t_sorted))
     print(f"N={Nt} tokens, E={E_t:3} experts, top-{kt}: naive loop {t_naive * 1e3:6.1f} ms   sorted dispatch {t_sorted * 1e3:6.1f} ms")
-""")
 
-md(r"""
-## Summary
-
-* Routing is a softmax over all experts, top-$k$, renormalised; the block output adds a sigmoid-gated
-  shared expert. Both re-derived here and equal to `minicoder.model.moe.SparseMoE`.
-* The balancing loss $E\sum_e f_eP_e$ lies between $k$ (uniform) and $E$ (collapsed); without it the
-  toy model's expert load drifted away from uniform within the run, with it the load stayed flatter.
-* Global-batch balancing measures $f_e$ over everything in the optimizer step, so micro-batches may
-  specialise; the library's `ExpertLoadTracker` implements it (all-reducing across ranks), and the
-  trainer uses it.
-* Sorted dispatch and the naive loop agree in outputs and gradients; notebook 06 writes the grouped
-  GEMM as a Triton kernel.
-""")
-
-write_notebook("04_moe.ipynb")
+# %% [markdown]
+# ## Summary
+#
+# * Routing is a softmax over all experts, top-$k$, renormalised; the block output adds a sigmoid-gated
+#   shared expert. Both re-derived here and equal to `minicoder.model.moe.SparseMoE`.
+# * The balancing loss $E\sum_e f_eP_e$ lies between $k$ (uniform) and $E$ (collapsed); without it the
+#   toy model's expert load drifted away from uniform within the run, with it the load stayed flatter.
+# * Global-batch balancing measures $f_e$ over everything in the optimizer step, so micro-batches may
+#   specialise; the library's `ExpertLoadTracker` implements it (all-reducing across ranks), and the
+#   trainer uses it.
+# * Sorted dispatch and the naive loop agree in outputs and gradients; notebook 06 writes the grouped
+#   GEMM as a Triton kernel.

@@ -41,6 +41,24 @@ SPECIAL_TOKENS = (IM_START, IM_END, "<|endoftext|>")
 ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_SYSTEM = "You are a coding agent. You work in a repository through the tools below until the task is done."
 
+# The tool set of the scripted mid-training trajectories (`minicoder.train.trajectories`).
+AGENT_TOOLS: list[dict[str, Any]] = [
+    {"name": "read_file", "description": "Print a file of the repository.",
+     "parameters": {"type": "object", "properties": {
+         "path": {"type": "string", "description": "path relative to the repository root"}},
+         "required": ["path"]}},
+    {"name": "run_tests", "description": "Run the repository's tests and print the runner's output.",
+     "parameters": {"type": "object", "properties": {
+         "tests": {"type": "string", "description": "optional test ids, space-separated (default: the task's tests)"}},
+         "required": []}},
+    {"name": "apply_patch", "description": "Apply a unified diff to the repository.",
+     "parameters": {"type": "object", "properties": {
+         "patch": {"type": "string", "description": "the unified diff (git format)"}},
+         "required": ["patch"]}},
+    {"name": "submit", "description": "Finish: the current state of the repository is the answer.",
+     "parameters": {"type": "object", "properties": {}, "required": []}},
+]
+
 
 class ChatFormatError(ValueError):
     """A message list is malformed; the message names the offending message index and field."""

@@ -1,0 +1,281 @@
+# ---
+# jupyter:
+#   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 08 · Task synthesis: verifiable tasks from git history and by bug injection
+#
+# An agentic coding model is trained with reinforcement learning on **tasks whose answer a machine can
+# check**: a repository, a problem statement, and hidden tests that fail before the fix and pass after.
+# Qwen3-Coder-Next was trained on about 800k such tasks mined from real pull requests plus about 850k
+# synthesised by *injecting bugs* into code that already has tests (a bug is kept only if it breaks
+# tests and reverting it fixes them), with every environment validated by execution and a QA stage
+# that drops ambiguous or exploitable tasks.
+#
+# This notebook builds that pipeline at toy scale with `minicoder.tasks`:
+#
+# 1. **mine git history**: a small repository with real commits -> the commits that fix a bug with a test;
+# 2. **mutate**: AST bug injection into HumanEval's canonical solutions -> validated bug-fix tasks;
+# 3. one task **end to end**: statement, gold patch, the failing and passing runs in the sandbox;
+# 4. the **yield funnel** (candidates -> validated -> after QA);
+# 5. a **rejected exploitable verifier**: tests that a `return False` passes.
+#
+# All candidate code runs in the sandbox (`minicoder.sandbox`, bubblewrap backend), never in this kernel.
+
+# %%
+import os, subprocess, sys, tempfile, json
+from pathlib import Path
+import plotly
+import plotly.graph_objects as go
+from minicoder.tasks import mine_git, mutate, validate, qa, pipeline
+from minicoder.gitdiff import file_diff
+from minicoder.record import read_tasks
+from minicoder.data.corpus import humaneval_problems
+from minicoder.sandbox.reward import evaluate
+print("python", sys.version.split()[0], "| plotly", plotly.__version__)
+CI = os.environ.get("MINICODER_CI") == "1"   # in CI: the smallest sizes that still show everything
+ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
+
+# %% [markdown]
+# ## 1 · Mining a repository's history
+#
+# A commit is a task candidate when it changes **source and tests together** (a refactor with no test
+# change, or a change to tests only, is not a bug fix we can verify). We build a tiny project with
+# four real commits: the initial code, a real fix with its regression test, a refactor, a test-only
+# commit. `classify_commit` is the static filter; it needs no execution.
+
+# %%
+repo = Path(tempfile.mkdtemp(prefix="nb08-")) / "shop"
+repo.mkdir()
+env = {**os.environ, "GIT_AUTHOR_NAME": "nb", "GIT_AUTHOR_EMAIL": "nb@x",
+       "GIT_COMMITTER_NAME": "nb", "GIT_COMMITTER_EMAIL": "nb@x"}
+git = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, env=env, capture_output=True, text=True).stdout
+
+def commit(files, message):
+    for rel, text in files.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    git("add", "-A"); git("commit", "-q", "-m", message)
+
+price = "def total(prices, discount=0.0):\n    s = sum(prices)\n    return s - discount\n"
+git("init", "-q", "-b", "main")
+commit({"shop.py": price, "tests/test_shop.py": "from shop import total\n\n\ndef test_total():\n    assert total([1, 2]) == 3\n"},
+       "Initial shop")
+commit({"shop.py": price.replace("return s - discount", "return s * (1 - discount)"),
+        "tests/test_shop.py": "from shop import total\n\n\ndef test_total():\n    assert total([1, 2]) == 3\n\n\n"
+                              "def test_discount_is_a_fraction():\n    assert total([10, 10], 0.25) == 15\n"},
+       "Discount is a fraction of the total, not an amount\n\ntotal([10, 10], 0.25) gave 19.75.")
+commit({"shop.py": price.replace("return s - discount", "return s * (1 - discount)").replace("s = sum", "s = sum  # subtotal\n    s = sum")},
+       "Name the subtotal")
+commit({"tests/test_shop.py": (repo / "tests/test_shop.py").read_text() + "\n\ndef test_empty():\n    assert total([]) == 0\n"},
+       "Test the empty basket")
+
+for c in mine_git.iter_commits(repo):
+    cand, reason = mine_git.classify_commit(repo, c)
+    print(f"{c.sha[:8]}  {c.subject[:50]:<52} -> {'CANDIDATE' if cand else reason}")
+
+# %% [markdown]
+# For the candidate, the commit's diff is split: test files become the hidden `test_patch`, the rest
+# the gold `patch`. Then the tests run in the sandbox twice, *both times with the new tests*: on the
+# parent commit (before) and with the fix (after). FAIL_TO_PASS = tests that pass only after;
+# PASS_TO_PASS = tests that pass both times. The statement is the commit message plus the failing
+# tests and pytest's assertion lines — never the diff.
+
+# %%
+mined = [o for o in mine_git.mine(repo)]
+for o in mined:
+    print(o.candidate_id, "kept" if o.kept else f"rejected ({o.stage}): {o.reason}")
+task_git = next(o.task for o in mined if o.kept)
+print("\nFAIL_TO_PASS:", task_git.FAIL_TO_PASS, "\nPASS_TO_PASS:", task_git.PASS_TO_PASS)
+print("\n--- problem statement ---\n" + task_git.problem_statement)
+assert task_git.FAIL_TO_PASS == ["tests/test_shop.py::test_discount_is_a_fraction"]
+assert task_git.PASS_TO_PASS == ["tests/test_shop.py::test_total"]
+
+# %% [markdown]
+# ## 2 · Bug injection by AST mutation
+#
+# Real fixes are scarce; code with tests is not. We inject a bug into correct code, keep it only if
+# some test that passed now fails, and make the *fix* (buggy -> original) the gold patch. Mutations
+# are found on the AST but written back as **minimal text edits** (the mutated node is unparsed over
+# its own source span), so the diff is one line and comments survive. Here are all mutations of a
+# small function, by operator:
+
+# %%
+src = '''def count_above(xs, limit):
+    n = 0
+    for i in range(len(xs)):
+        if xs[i] > limit:
+            n += 1
+    return n
+'''
+ms = mutate.find_mutations(src, "m.py")
+from collections import Counter
+print(Counter(m.operator for m in ms))
+for m in ms[:12]:
+    line = m.apply(src).splitlines()[m.line - 1].strip() if m.operator != "drop_statement" else "(line removed)"
+    print(f"{m.operator:<17} {m.description:<32} {line}")
+
+# %% [markdown]
+# Re-deriving one operator by hand: flip `>` to `>=` with `ast`, splice the unparsed node over its
+# span, and check that the library produced exactly this mutant.
+
+# %%
+import ast
+tree = ast.parse(src)
+cmp = next(n for n in ast.walk(tree) if isinstance(n, ast.Compare) and isinstance(n.ops[0], ast.Gt))
+lines = src.splitlines(keepends=True)
+start = sum(map(len, lines[:cmp.lineno - 1])) + cmp.col_offset
+end = sum(map(len, lines[:cmp.end_lineno - 1])) + cmp.end_col_offset
+cmp.ops[0] = ast.GtE()
+by_hand = src[:start] + ast.unparse(cmp) + src[end:]
+assert by_hand in {m.apply(src) for m in ms if m.operator == "flip_compare"}
+print(file_diff("m.py", src, by_hand))
+
+# %% [markdown]
+# ### HumanEval as a source of subjects
+#
+# Each HumanEval problem becomes a tiny repository: `solution.py` = prompt + canonical solution. Its
+# `check(candidate)` is split into one pytest test per assertion (plus `test_check` for the whole), so
+# a bug that breaks some cases gives both FAIL_TO_PASS and PASS_TO_PASS tests. The tests are hidden in
+# the task's `test_patch`. Only the solution's lines are mutated, never the prompt.
+
+# %%
+problems = humaneval_problems()
+subject = mutate.humaneval_subject(problems[0])
+print(subject.files["solution.py"])
+print(subject.tests["test_solution.py"][:900], "...")
+
+# %% [markdown]
+# Now the pipeline for real: for each sampled mutant, run the hidden tests on the buggy state and with
+# the gold revert, then **validate** (repeat runs, trivial-patch exploits, does the test exercise the
+# change) and **QA**. Every finished candidate is one line in a ledger next to the output, so the run
+# is resumable. (Sizes are small here; `bench/synthesis.py` runs all 164 problems.)
+
+# %%
+out_dir = Path(tempfile.mkdtemp(prefix="nb08-tasks-"))
+subjects = [mutate.humaneval_subject(p) for p in (problems[4:5] if CI else problems[3:6])]
+summary = pipeline.synth_mutate(subjects, out_dir / "tasks.jsonl", per_subject=2, combine=1, seed=0,
+                                validate=True, backend="local", workers=2, progress=False)
+print(summary.table())
+tasks = read_tasks(out_dir / "tasks.jsonl")
+print(len(tasks), "validated tasks")
+
+# %% [markdown]
+# ## 3 · One task, end to end
+#
+# What the agent sees (the statement and the buggy repository), what the grader holds (the gold patch
+# and hidden tests), and the two runs that make it a valid task: the buggy state fails, the gold patch
+# passes — scored by the sandbox's `evaluate` (reward 1.0 only when every FAIL_TO_PASS and
+# PASS_TO_PASS test passes).
+
+# %%
+t = tasks[0]
+print("instance:", t.instance_id, "| operators:", t.metadata["operators"])
+print("\n--- statement ---\n" + t.problem_statement)
+print("\n--- gold patch ---\n" + t.patch)
+before = evaluate(t, "")
+after = evaluate(t, t.patch)
+print("no patch :", before.status, "reward", before.reward,
+      "| failing:", sorted(k for k, v in before.tests.items() if v != "passed"))
+print("gold     :", after.status, "reward", after.reward, "| fraction", after.fraction)
+assert before.reward == 0.0 and after.reward == 1.0
+
+
+# %% [markdown]
+# ## 4 · The yield funnel
+#
+# Each stage drops candidates for a counted reason: mutants that no test notices (equivalent or
+# untested code), validation failures, QA rejections. The small run above, and — when it has been run —
+# the full benchmark over all of HumanEval and a real PyPI package (`bench/results/synthesis.json`).
+
+# %%
+def funnel_fig(funnel, title):
+    fig = go.Figure(go.Funnel(y=list(funnel), x=list(funnel.values()), textinfo="value+percent initial"))
+    fig.update_layout(title=title, height=320, margin=dict(l=140, r=20, t=50, b=20))
+    return fig
+
+funnel_fig(summary.funnel, "this notebook's run").show()
+bench = ROOT / "bench" / "results" / "synthesis.json"
+if bench.exists():
+    res = json.loads(bench.read_text())
+    for name in ("humaneval", "package"):
+        if name in res:
+            funnel_fig(res[name]["funnel"], f"bench: {name}").show()
+    if "humaneval" in res and res["humaneval"].get("per_operator"):
+        per = res["humaneval"]["per_operator"]
+        ops = sorted(per)
+        fig = go.Figure([go.Bar(name=k, x=ops, y=[per[o].get(k, 0) for o in ops])
+                         for k in ("candidates", "broke_tests", "validated", "after_qa")])
+        fig.update_layout(title="bench: yield per mutation operator (HumanEval)", barmode="group", height=340)
+        fig.show()
+    print({k: res[k].get("rejections") for k in ("humaneval", "package") if k in res})
+
+# %% [markdown]
+# ## 5 · A rejected exploitable verifier
+#
+# A task is only as good as its tests. Below, a real bug (`is_even` tests for odd) with tests that
+# only ever expect `False`: the gold patch passes and the buggy code fails, so fail-before/pass-after
+# alone would accept it — but a solver could "fix" it with `return False`. Validation stubs the
+# changed function with `pass`, constants and `raise NotImplementedError` (on top of the gold patch)
+# and rejects the task when any stub earns the full reward.
+
+# %%
+from minicoder.record import Environment, Task
+buggy = 'def is_even(n: int) -> bool:\n    return n % 2 == 1\n'
+weak = Task(instance_id="planted_weak_verifier", repo="demo/parity", base_commit="",
+            patch=file_diff("parity.py", buggy, buggy.replace("== 1", "== 0")),
+            test_patch=file_diff("test_parity.py", None,
+                                 "from parity import is_even\n\n\ndef test_three():\n    assert is_even(3) == False\n"
+                                 "\n\ndef test_seven():\n    assert not is_even(7)\n"),
+            problem_statement="is_even returns True for odd numbers.",
+            FAIL_TO_PASS=["test_parity.py::test_three", "test_parity.py::test_seven"], PASS_TO_PASS=[],
+            environment=Environment(files={"parity.py": buggy}), source="manual")
+v = validate.validate_task(weak)
+print("ok:", v.ok, "\nreason:", v.reason, "\nchecks:", v.checks, "\nsandbox runs:", v.runs)
+assert not v.ok and v.reason.startswith("exploitable verifier")
+
+# %% [markdown]
+# The same tasks also pass through the QA filters, which need no execution: duplicates by normalised
+# patch, statements that leak the fix, tests that never name the changed code, oversized patches.
+
+# %%
+leaky = Task(**{**t.__dict__, "instance_id": "leaky",
+                "problem_statement": t.problem_statement + "\nHint: " + max(
+                    (l[1:] for l in t.patch.splitlines() if l.startswith("+") and not l.startswith("+++")), key=len)})
+rep = qa.run_qa(tasks + [leaky, Task(**{**t.__dict__, "instance_id": "dup"})])
+print("kept", len(rep.kept), "| rejected:", [(i, r) for i, r, _ in rep.rejected])
+
+# %% [markdown]
+# ## 6 · The shipped seed set
+#
+# `data/tasks/seed_tasks.jsonl` holds a few hundred validated HumanEval-derived tasks, made by the same
+# pipeline (the command is in `data/tasks/README.md`); the RL stage trains on them. A quick look:
+
+# %%
+seed_path = ROOT / "data" / "tasks" / "seed_tasks.jsonl"
+if seed_path.exists():
+    seed = read_tasks(seed_path)
+    ops = Counter(op if len(t.metadata["operators"]) == 1 else "combined"
+                  for t in seed for op in t.metadata["operators"][:1])
+    print(len(seed), "tasks from", len({t.metadata["humaneval_id"] for t in seed}), "problems,",
+          f"{seed_path.stat().st_size / 1e6:.1f} MB")
+    fig = go.Figure(go.Bar(x=list(ops), y=list(ops.values())))
+    fig.update_layout(title="seed set: tasks per mutation operator", height=300)
+    fig.show()
+else:
+    print("no seed set at", seed_path)
+
+# %% [markdown]
+# **What we built.** `minicoder synth git --repo PATH`, `minicoder synth mutate --source humaneval|PATH`
+# and `minicoder validate --tasks F --backend local|docker` run these pipelines resumably and write
+# a report; `data/tasks/seed_tasks.jsonl` is a validated HumanEval-derived seed set for the RL stage.
