@@ -211,7 +211,7 @@ def failure_excerpt(log: str, max_lines: int = 15) -> str:
 _PR_SUBJECT = re.compile(r"^Merge (pull request #\d+ from \S+|branch '[^']*'( into \S+)?|remote-tracking branch .*)$")
 
 
-def _message(c: Commit) -> tuple[str, str]:
+def title_and_body(c: Commit) -> tuple[str, str]:
     """(title, body) of a history entry: a GitHub merge's title is the first line of its body."""
     subject, body = c.subject.strip(), c.body.strip()
     if _PR_SUBJECT.match(subject):
@@ -224,7 +224,7 @@ def problem_statement(cand: Candidate | Commit, failing: list[str], log: str = "
     """What the agent is told: the PR's messages and the failing tests' output, never the diff."""
     commit = cand.commit if isinstance(cand, Candidate) else cand
     branch = cand.messages if isinstance(cand, Candidate) else []
-    title, body = _message(commit)
+    title, body = title_and_body(commit)
     if not title and branch:  # "Merge branch 'x'" with no text of its own: the branch's first commit
         title, body = branch[0].subject.strip(), branch[0].body.strip()
         branch = branch[1:]
