@@ -15,6 +15,8 @@ Steps (select with --steps; each writes its section of bench/results/synthesis.j
               clones or bare snapshots (DIR/<owner>+<name>/repo, as the search tool's `fetch` leaves
               them, or DIR/<name>), else they are cloned from GitHub; each is cloned afresh into
               bench/results/tmp/synthesis/real/ and its commit and licence go into the JSON.
+              `--ship` writes the validated tasks to data/tasks/real/<name>.jsonl (naming the
+              public repository and its licence): the command that regenerates the shipped tasks.
 
 Runs are resumable (the pipelines' ledgers live in bench/results/tmp/synthesis/), so an interrupted
 benchmark continues; tasks/minute always counts only the candidates processed in this invocation.
@@ -156,6 +158,8 @@ def licence_of(clone: Path) -> str:
         text = f.read_text(errors="replace")
         for name, pat in LICENCES:
             if re.search(pat, text, re.I):
+                if name == "BSD":
+                    return "BSD-3-Clause" if re.search(r"Neither the name|may not be used to endorse", text, re.I) else "BSD-2-Clause"
                 return name
     return ""
 
@@ -212,7 +216,36 @@ def step_real(args) -> dict:
             if s.processed or project not in section["projects"]:  # a pure resume keeps the measured run
                 section["projects"][project] = entry
             path.write_text(json.dumps(section, indent=2) + "\n")
+            if args.ship and backend == "local":
+                n = ship_real_tasks(project, clone, entry["licence"])
+                print(f"shipped {n} tasks of {project} to {SHIPPED.relative_to(ROOT)}/{clone.name}.jsonl")
     return real_results()
+
+
+SHIPPED = ROOT / "data" / "tasks" / "real"
+PERMISSIVE = ("MIT", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "PSF")
+
+
+def ship_real_tasks(project: str, clone: Path, licence: str, backend: str = "local") -> int:
+    """Write the validated tasks of `project` (its `backend` run) to data/tasks/real/<name>.jsonl, each
+    naming the public repository (`repo_path` = its GitHub URL, `repo` = owner/name, SWE-bench style)
+    and its licence. Only permissive licences are shipped. Returns the number written."""
+    from minicoder.record import read_tasks, write_tasks
+
+    if licence not in PERMISSIVE:
+        print(f"{project}: licence {licence or 'unknown'!r} is not one we ship (MIT, Apache-2.0, BSD, PSF)")
+        return 0
+    src = WORK / f"real_{clone.name}_{backend}.jsonl"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
+    tasks = read_tasks(src)
+    for t in tasks:
+        t.repo = project
+        t.environment.repo_path = f"https://github.com/{project}.git"
+        t.metadata["licence"] = licence
+        t.metadata["mined_from"] = {"url": f"https://github.com/{project}", "head": head, "backend": backend,
+                                    "command": "python bench/synthesis.py --steps real --ship"}
+    SHIPPED.mkdir(parents=True, exist_ok=True)
+    return write_tasks(SHIPPED / f"{clone.name}.jsonl", tasks)
 
 
 def real_results() -> dict:
@@ -241,6 +274,8 @@ def main() -> int:
     ap.add_argument("--real-projects", default=",".join(REAL_PROJECTS), help="owner/name,... for the real step")
     ap.add_argument("--real-commits", type=int, default=300, help="last N first-parent commits per project")
     ap.add_argument("--real-backends", default="local,docker")
+    ap.add_argument("--ship", action="store_true",
+                    help="real step: write the validated local-backend tasks to data/tasks/real/ (permissive licences)")
     ap.add_argument("--fresh", action="store_true", help="delete the ledgers first (no resume)")
     args = ap.parse_args()
     if args.fresh and WORK.exists():
