@@ -1,8 +1,8 @@
 """Environments built from a repository's own package metadata, at the commit a task starts from.
 
-    spec = infer(repo, base_commit)           # read the metadata files; nothing is executed
-    env = EnvBuilder("local").build(spec)     # resolve + download wheels on the host, install
-    spec.apply(task)                          # the task records what was inferred
+    spec = infer(repo, base_commit)           # read the metadata files (envinfer.py); nothing is run
+    env = EnvBuilder("local").build(spec, check=...)  # resolve + download on the host, install, check
+    apply_environment(task, spec, env)        # the task records what was inferred and pinned
 
 What `infer` reads (with `git show`, from the commit itself - the working tree is never used),
 and what it takes from each:
@@ -17,8 +17,10 @@ and what it takes from each:
   - `tox.ini` (`[testenv] deps`, `extras`, `commands`) and `noxfile.py` (`session.install(...)`,
     `session.run("pytest", ...)`, with `ast`), and as a last rule the CI workflows
     (`.github/workflows/*.yml`) for a pytest or unittest command line.
-Tools that do not run tests (linters, type checkers, docs and release tools) are left out, and
-pytest itself: the sandbox brings its own (the host's version, so report formats agree).
+Tools that do not run tests (linters, type checkers, docs and release tools) are left out, and so
+is the project's own pytest pin: every environment pins pytest at the host's version (the one the
+tasks are validated with), so both backends run the same pytest. Where a test-specific set exists
+(a `test` extra, `requirements/tests.txt`, tox deps) the broad `dev` sets are left out.
 
 The test command is always pytest (the only report the reward reads): `python -m pytest`, with
 `-o pythonpath=...` when the package lives under `src/` (so the workspace's code is imported, not
