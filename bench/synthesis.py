@@ -181,20 +181,22 @@ def real_clone(project: str, repos: Path | None) -> Path:
 
 
 def step_real(args) -> dict:
-    """Mine each project on each backend; every backend's results are saved in their own file
-    (`section_real_<backend>.json`), so the local and the docker runs may be separate invocations."""
+    """Mine each project on each backend. Every (backend, project) keeps its own results file
+    (`section_real_<backend>__<name>.json`), so backends and projects may run as separate, even
+    concurrent, invocations (each project has its own ledger too); a pure resume (nothing left to
+    process) keeps the file of the run that measured it."""
     from minicoder.tasks.pipeline_git import synth_git
 
     repos = Path(args.repos) if args.repos else None
     for backend in [b for b in args.real_backends.split(",") if b]:
-        path = WORK / f"section_real_{backend}.json"
-        section = json.loads(path.read_text()) if path.exists() else {"projects": {}}
-        section.update({"max_commits": args.real_commits, "workers": args.workers})
         for project in [p for p in args.real_projects.split(",") if p]:
             clone = real_clone(project, repos)
+            path = WORK / f"section_real_{backend}__{clone.name}.json"
             head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True,
                                   text=True).stdout.strip()
-            entry: dict = {"commit": head, "licence": licence_of(clone), "source": f"https://github.com/{project}"}
+            entry: dict = {"project": project, "commit": head, "licence": licence_of(clone),
+                           "source": f"https://github.com/{project}", "max_commits": args.real_commits,
+                           "workers": args.workers}
             if backend == "docker":
                 try:
                     import docker
@@ -202,7 +204,7 @@ def step_real(args) -> dict:
                     docker.from_env(timeout=10).ping()
                 except Exception as e:
                     entry["skipped"] = f"{type(e).__name__}: {e}"
-                    section["projects"][project] = entry
+                    path.write_text(json.dumps(entry, indent=2) + "\n")
                     continue
             load0 = _load()
             s = synth_git(clone, WORK / f"real_{clone.name}_{backend}.jsonl", max_commits=args.real_commits,
@@ -210,12 +212,10 @@ def step_real(args) -> dict:
                           command=f"bench real {project} {backend}")
             print(project, backend)
             print(s.table())
-            sec = _section(s, load0)
-            sec["validated_per_minute"] = s.kept_per_minute
-            entry.update(sec)
-            if s.processed or project not in section["projects"]:  # a pure resume keeps the measured run
-                section["projects"][project] = entry
-            path.write_text(json.dumps(section, indent=2) + "\n")
+            entry.update(_section(s, load0))
+            entry["validated_per_minute"] = s.kept_per_minute
+            if s.processed or not path.exists():
+                path.write_text(json.dumps(entry, indent=2) + "\n")
             if args.ship and backend == "local":
                 n = ship_real_tasks(project, clone, entry["licence"])
                 print(f"shipped {n} tasks of {project} to {SHIPPED.relative_to(ROOT)}/{clone.name}.jsonl")
@@ -249,15 +249,14 @@ def ship_real_tasks(project: str, clone: Path, licence: str, backend: str = "loc
 
 
 def real_results() -> dict:
-    """The real-repository sections of all backends: {"projects": {project: {backend: section}}}."""
+    """The real-repository results of all backends: {"projects": {project: {commit, licence, backend: ...}}}."""
     out: dict = {"projects": {}}
-    for path in sorted(WORK.glob("section_real_*.json")):
-        backend = path.stem.removeprefix("section_real_")
-        sec = json.loads(path.read_text())
-        out["max_commits"], out["workers"] = sec.get("max_commits"), sec.get("workers")
-        for project, e in sec["projects"].items():
-            p = out["projects"].setdefault(project, {k: e[k] for k in ("commit", "licence", "source") if k in e})
-            p[backend] = {k: v for k, v in e.items() if k not in ("commit", "licence", "source")}
+    for path in sorted(WORK.glob("section_real_*__*.json")):
+        backend = path.stem.removeprefix("section_real_").split("__")[0]
+        e = json.loads(path.read_text())
+        head = {k: e[k] for k in ("commit", "licence", "source") if k in e}
+        out["projects"].setdefault(e["project"], head)[backend] = {
+            k: v for k, v in e.items() if k not in ("project", "commit", "licence", "source")}
     return out
 
 
@@ -291,7 +290,7 @@ def main() -> int:
         (WORK / f"section_{name}.json").write_text(json.dumps(section, indent=2) + "\n")
     results = {name: json.loads((WORK / f"section_{name}.json").read_text())
                for name in steps if (WORK / f"section_{name}.json").exists()}
-    if list(WORK.glob("section_real_*.json")):
+    if list(WORK.glob("section_real_*__*.json")):
         results["real"] = real_results()
     results["date"] = datetime.now(UTC).replace(microsecond=0).isoformat()
     results["machine"] = machine_info()
