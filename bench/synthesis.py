@@ -209,10 +209,12 @@ def step_real(args) -> dict:
             load0 = _load()
             s = synth_git(clone, WORK / f"real_{clone.name}_{backend}.jsonl", max_commits=args.real_commits,
                           validate=True, backend=backend, workers=args.workers,
-                          command=f"bench real {project} {backend}")
+                          command=f"bench real {project} {backend}",
+                          time_budget_s=args.real_minutes * 60 if args.real_minutes else None)
             print(project, backend)
             print(s.table())
             entry.update(_section(s, load0))
+            entry["entries_done"] = s.funnel.get("candidates", 0)
             entry["validated_per_minute"] = s.kept_per_minute
             if s.processed or not path.exists():
                 path.write_text(json.dumps(entry, indent=2) + "\n")
@@ -273,6 +275,8 @@ def main() -> int:
     ap.add_argument("--real-projects", default=",".join(REAL_PROJECTS), help="owner/name,... for the real step")
     ap.add_argument("--real-commits", type=int, default=300, help="last N first-parent commits per project")
     ap.add_argument("--real-backends", default="local,docker")
+    ap.add_argument("--real-minutes", type=float, default=None,
+                    help="real step: start no new commit after this many minutes per project (resumable)")
     ap.add_argument("--ship", action="store_true",
                     help="real step: write the validated local-backend tasks to data/tasks/real/ (permissive licences)")
     ap.add_argument("--fresh", action="store_true", help="delete the ledgers first (no resume)")

@@ -50,7 +50,7 @@ def synth_git(repo: str | os.PathLike, out: str | os.PathLike, *, rev: str = "HE
               repeats: int = 2, exploit_checks: bool = True, workers: int = 2, qa: QAConfig | None = None,
               progress: bool = True, command: str = "synth git", build_env: bool = True,
               later_tests: bool = False, later_window: int = 20, find_links: list[str] | None = None,
-              model: Any = None) -> Summary:
+              model: Any = None, time_budget_s: float | None = None) -> Summary:
     """Tasks mined from `repo`'s first-parent history, resumable through `<out>.ledger.jsonl`.
 
     `build_env`: infer and build each base commit's environment (packages, test command) from the
@@ -58,6 +58,8 @@ def synth_git(repo: str | os.PathLike, out: str | os.PathLike, *, rev: str = "HE
     `later_tests`: a change without tests may take a later commit's tests (marked in metadata).
     `find_links`: extra folders of wheels for requirements no index has. `model`: an
     `envbuild.ModelHook` for what the rules cannot decide (default: `$MINICODER_ENVBUILD_BASE_URL`).
+    `time_budget_s`: start no new entry after this many seconds (the rest stays for a resumed run;
+    the report covers the entries finished so far).
     """
     from minicoder.tasks.envbuild import (
         BoundEnv,
@@ -112,7 +114,7 @@ def synth_git(repo: str | os.PathLike, out: str | os.PathLike, *, rev: str = "HE
         return BoundEnv(spec, res), None
 
     def work(commit, stop: threading.Event) -> None:
-        if stop.is_set():
+        if stop.is_set() or (time_budget_s is not None and time.perf_counter() - t_start > time_budget_s):
             return
         cid = instance_id(repo, commit.sha)
         t0 = time.perf_counter()
@@ -144,6 +146,7 @@ def synth_git(repo: str | os.PathLike, out: str | os.PathLike, *, rev: str = "HE
     stages = ["filter", "environment", "execute"] + (["validate"] if validate else [])
     envs = [r for r in ledger.records.values() if r.get("kind") == "environment"
             and r.get("backend") == builder.backend and r["id"].startswith(f"env__{repo.name}__")]
+    planned = {i for i in planned if i in ledger}  # a time budget may leave entries for later
     recs = [r for r in ledger.candidates() if r["id"] in planned]
     environments = {"built": len(envs), "failed": sum(1 for r in envs if not r["result"]["ok"]),
                     "distinct_pins": len({r["result"]["key"] for r in envs if r["result"]["key"]}),
