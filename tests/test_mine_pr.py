@@ -256,3 +256,23 @@ def test_each_thread_counts_only_its_own_runs():
         t.join()
     assert got["one"][0] == 1 and got["two"][0] == 2
     assert got["two"][1] == 3  # the global difference over the longer block includes the other thread's run
+
+
+def test_shipped_real_tasks_are_well_formed():
+    """The tasks shipped from real projects: readable records naming a public repository, a
+    permissive licence, a PR kind, pinned packages, and nothing QA would drop."""
+    from minicoder.record import read_tasks
+    from minicoder.tasks.mine_pr import KINDS
+    from minicoder.tasks.qa import run_qa
+
+    files = sorted((Path(__file__).resolve().parents[1] / "data" / "tasks" / "real").glob("*.jsonl"))
+    assert len(files) >= 3
+    for f in files:
+        tasks = read_tasks(f)
+        assert tasks, f.name
+        for t in tasks:
+            assert t.environment.repo_path == f"https://github.com/{t.repo}.git" and len(t.base_commit) == 40
+            assert t.metadata["licence"] in ("MIT", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "PSF")
+            assert t.metadata["kind"] in KINDS and t.metadata["validation"]["checks"]["gold"] == "pass"
+            assert any(p.startswith("pytest==") for p in t.environment.python_packages)
+        assert [t.instance_id for t in run_qa(tasks).kept] == [t.instance_id for t in tasks]
