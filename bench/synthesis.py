@@ -292,8 +292,10 @@ def main() -> int:
                                         "package_mutants": args.package_mutants})
         # each step keeps its own file, so steps can run as separate (even concurrent) invocations
         (WORK / f"section_{name}.json").write_text(json.dumps(section, indent=2) + "\n")
-    results = {name: json.loads((WORK / f"section_{name}.json").read_text())
-               for name in steps if (WORK / f"section_{name}.json").exists()}
+    # sections not run here keep their committed results (each step may run on another day or machine)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update({name: json.loads((WORK / f"section_{name}.json").read_text())
+                    for name in steps if name != "real" and (WORK / f"section_{name}.json").exists()})
     if list(WORK.glob("section_real_*__*.json")):
         results["real"] = real_results()
     results["date"] = datetime.now(UTC).replace(microsecond=0).isoformat()
