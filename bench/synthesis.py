@@ -331,7 +331,7 @@ def print_real(real: dict | None) -> None:
     """The real-repository table: one row per project and backend."""
     if not real:
         return
-    print(f"\n{'project':<32}{'backend':<8}{'entries':>8}{'merge/squash/commit cand.':>27}{'envs':>6}"
+    print(f"\n{'project':<40}{'backend':<8}{'entries':>8}{'merge/squash/commit cand.':>27}{'envs':>6}"
           f"{'validated':>10}{'after QA':>9}{'runs/cand':>10}{'cand/min':>9}{'tasks/min':>10}")
     for project, e in real["projects"].items():
         for b in ("local", "docker"):
@@ -341,7 +341,7 @@ def print_real(real: dict | None) -> None:
             k = r.get("per_kind", {})
             kinds = "/".join(str(k.get(x, {}).get("candidates", 0)) for x in ("merge_pr", "squash_pr", "commit"))
             f = r["funnel"]
-            print(f"{project + ' @' + e['commit'][:8]:<32}{b:<8}{f.get('candidates', 0):>8}{kinds:>27}"
+            print(f"{project + ' @' + e['commit'][:8]:<40}{b:<8}{f.get('candidates', 0):>8}{kinds:>27}"
                   f"{r.get('environments', {}).get('built', 0):>6}{f.get('after validate', 0):>10}"
                   f"{f.get('after qa', 0):>9}{r['runs_per_candidate']:>10}{r['tasks_per_minute']:>9}"
                   f"{r['validated_per_minute']:>10}")
