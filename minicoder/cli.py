@@ -16,7 +16,9 @@ from minicoder.errors import UserError
 
 # subcommand name -> ("module:function" that registers it on the subparsers, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("minicoder.demo:add_parser", "run the end-to-end toy pipeline on this machine"),
+    "demo": ("minicoder.demo:add_parser", "run the end-to-end job on this machine (cached stages, --quick), with a report"),
+    "doctor": ("minicoder.doctor:add_parser", "check Python, torch, CUDA, Triton, fla, Docker, bubblewrap, Ray, disk; say what to fix"),
+    "compare": ("minicoder.viz.compare:add_parser", "plot runs' metrics side by side with their config differences (HTML)"),
     "pack": ("minicoder.data.cli:add_parser", "corpus -> tokenizer -> Best-Fit / concat / pad packed sequences, with stats"),
     "model": ("minicoder.model.cli:add_parser", "model accounting (params, FLOPs, memory, cache) and checkpoint validation"),
     "train": ("minicoder.train.cli:add_parser", "pretrain / mid-train on packed data: exact resume, torchrun + FSDP2, --plan"),
@@ -24,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("minicoder.tasks.cli:add_validate_parser", "validate tasks in the sandbox: gold passes, empty fails, stable, not exploitable"),
     "eval": ("minicoder.sandbox.cli:add_eval_parser", "grade predictions against tasks in sandboxes (test-based rewards)"),
     "cleanup": ("minicoder.sandbox.cli:add_cleanup_parser", "remove leftover sandbox containers and folders"),
+    "eval-agent": ("minicoder.agent.cli:add_parser", "evaluate an agent policy on tasks: pass@1 greedy/sampled, pass@k"),
+    "rl": ("minicoder.rl.cli:add_parser", "GRPO in sandboxes: rollout -> evaluation -> update, local or Ray"),
+    "warmstart": ("minicoder.rl.cli:add_warmstart_parser", "mid-train on scripted toy-family episodes (the RL warm start)"),
+    "serve": ("minicoder.serve:add_parser", "OpenAI-compatible chat-completions server for a minicoder checkpoint"),
     "images": ("minicoder.sandbox.cli:add_images_parser", "build the Docker images task sandboxes run in (make docker)"),
 }
 

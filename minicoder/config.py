@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,3 +298,83 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Qwen3-Coder-Next (80B-A3B): 48 layers = 12 x (3 x (Gated DeltaNet -> MoE) -> 1 x (Gated Attention -> MoE)).
     "full": dict(),
 }
+
+
+# --- `--set key=value` overrides (every command that takes a model config) -------------------------
+
+LAYER_TYPE_ALIASES = {"linear": "linear_attention", "deltanet": "linear_attention", "full": "full_attention",
+                      "attention": "full_attention"}
+
+
+def _parse_scalar(kind: str, name: str, text: str) -> Any:
+    t = text.strip()
+    if t.lower() in ("none", "null") and "None" in kind:
+        return None
+    try:
+        if kind.startswith("bool"):
+            if t.lower() in ("1", "true", "yes", "on"):
+                return True
+            if t.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind.startswith("int"):
+            return int(t)
+        if kind.startswith("float"):
+            return float(t)
+    except ValueError:
+        raise ConfigError(f"ModelConfig.{name}: {text!r} is not a valid {kind.split(' ')[0]}") from None
+    return t
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`"key=value"` -> (field name, typed value), typed by the field's annotation.
+
+    Lists are comma-separated (`layer_types=linear,linear,linear,full`; `linear` / `full` stand for
+    `linear_attention` / `full_attention`; `mlp_only_layers=` is an empty list). An unknown key or a
+    value of the wrong type raises ConfigError naming the field (with the closest field names).
+    """
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set num_experts=32")
+    key, _, text = item.partition("=")
+    key = key.strip().replace("-", "_")
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(ModelConfig)}
+    if key not in kinds:
+        import difflib
+
+        near = difflib.get_close_matches(key, list(kinds), n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else "; see `ModelConfig` in minicoder/config.py"
+        raise ConfigError(f"--set {key}: ModelConfig has no field {key!r}{hint}")
+    kind = kinds[key]
+    if kind.startswith("list["):
+        parts = [p for p in text.split(",") if p.strip()]
+        inner = kind[5:-1]
+        vals = [_parse_scalar(inner, key, p) for p in parts]
+        if key == "layer_types":
+            vals = [LAYER_TYPE_ALIASES.get(v, v) for v in vals]
+        return key, vals
+    if kind.startswith("int | list[int]"):  # eos_token_id: one id or a list of ids
+        parts = [p for p in text.split(",") if p.strip()]
+        if len(parts) > 1:
+            return key, [_parse_scalar("int", key, p) for p in parts]
+    return key, _parse_scalar(kind, key, text)
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """Many `key=value` strings -> {field: value} (a later one for the same key wins)."""
+    return dict(parse_override(i) for i in (items or ()))
+
+
+def apply_overrides(cfg: ModelConfig, items: Sequence[str] | dict[str, Any] | None) -> ModelConfig:
+    """`cfg` with `--set` overrides applied and validated (ConfigError names the offending field).
+
+    Changing `num_hidden_layers` without `layer_types` re-derives the hybrid layout.
+    """
+    changes = dict(items) if isinstance(items, dict) else parse_overrides(items)
+    return cfg.replace(**changes) if changes else cfg
+
+
+def add_set_argument(parser) -> None:
+    """The shared `--set key=value` option of every command that builds a model config."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a ModelConfig field, repeatable (e.g. --set num_experts=32 "
+                             "--set layer_types=linear,linear,linear,full)")

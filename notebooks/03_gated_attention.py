@@ -32,6 +32,7 @@
 # activations**.
 
 # %%
+import minicoder.viz.notebook  # noqa: F401  (figures that also render in static HTML: make site)
 import os, math, platform, time
 import numpy as np
 import torch
@@ -432,3 +433,26 @@ for i in range(gates_g.shape[0]):
 #   loss with the gate, and training that tolerates larger learning rates).
 # * Read the printed numbers of *your* run rather than this paragraph: they are computed above, and the
 #   count of heads above 5x uniform is the quickest verdict.
+
+# %% [markdown]
+# ## Lab · exercise `03.output_gate`
+#
+# `q_proj` emits, **per head**, `[query | gate]` (2 × head_dim). Given that projection `qg
+# [B, T, H·2D]` and the attention output `attn [B, T, H·D]`, return what goes into `o_proj`:
+# `attn * sigmoid(gate)`. The checker captures both from the library's `GatedAttention`.
+
+# %%
+import torch
+
+from minicoder.course import check
+
+
+def output_gate(qg, attn, num_heads):
+    # BEGIN SOLUTION
+    b, t, _ = qg.shape
+    gate = qg.view(b, t, num_heads, -1).chunk(2, dim=-1)[1].reshape(b, t, -1)
+    return attn * torch.sigmoid(gate)
+    # END SOLUTION
+
+
+check("03.output_gate", output_gate);

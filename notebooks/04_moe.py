@@ -31,6 +31,7 @@
 # Everything is `minicoder.model.moe` and `minicoder.ops.moe`; the notebook re-derives, checks and plots.
 
 # %%
+import minicoder.viz.notebook  # noqa: F401  (figures that also render in static HTML: make site)
 import os, platform, time
 import numpy as np
 import torch
@@ -381,3 +382,28 @@ for E_t in (16, 64):
 #   trainer uses it.
 # * Sorted dispatch and the naive loop agree in outputs and gradients; notebook 06 writes the grouped
 #   GEMM as a Triton kernel.
+
+# %% [markdown]
+# ## Lab · exercise `04.topk_routing`
+#
+# Route tokens to experts: softmax over **all** experts (in a numerically safe way), keep the `k`
+# largest probabilities, and renormalise them to sum to 1 when `norm_topk_prob`. Return
+# `(ids [N, k], weights [N, k])`. The checker compares with `SparseMoE.route`.
+
+# %%
+import torch
+
+from minicoder.course import check
+
+
+def route(logits, k, norm_topk_prob):
+    # BEGIN SOLUTION
+    probs = torch.softmax(logits.double(), dim=-1)
+    weights, ids = torch.topk(probs, k, dim=-1)
+    if norm_topk_prob:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return ids, weights
+    # END SOLUTION
+
+
+check("04.topk_routing", route);

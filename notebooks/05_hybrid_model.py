@@ -32,6 +32,7 @@
 # 6. saving and loading a checkpoint in the Hugging Face format, into minicoder and into transformers.
 
 # %%
+import minicoder.viz.notebook  # noqa: F401  (figures that also render in static HTML: make site)
 import os, math, platform, tempfile, time
 from pathlib import Path
 import numpy as np
@@ -356,3 +357,22 @@ tmp.cleanup()
 #   than all-attention.
 # * Checkpoints are Hugging Face's format: they round-trip bit-exactly and load into transformers with
 #   the same logits.
+
+# %% [markdown]
+# ## Lab · exercise `05.layer_layout`
+#
+# The hybrid stack's layout as Qwen3-Next (and HF) define it: in every group of `interval` layers
+# the last one is gated attention (`"full_attention"`), the others Gated DeltaNet
+# (`"linear_attention"`). Write it; the checker compares with `ModelConfig`'s default layout.
+
+# %%
+from minicoder.course import check
+
+
+def layer_types(num_layers, interval):
+    # BEGIN SOLUTION
+    return ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(num_layers)]
+    # END SOLUTION
+
+
+check("05.layer_layout", layer_types);

@@ -30,6 +30,7 @@
 # Under `MINICODER_CI=1` (the tests) each training run is capped at about a minute.
 
 # %%
+import minicoder.viz.notebook  # noqa: F401  (figures that also render in static HTML: make site)
 import os, time, math, platform
 from pathlib import Path
 import numpy as np
@@ -308,3 +309,27 @@ print(f"identical after resuming: {len(a)} tensors")
 # - `minicoder train --config full --plan` prints the memory plan of the 80B configuration (how many
 #   80 GB GPUs its parameters, gradients, AdamW state and activations need).
 # - The RL stage (notebook 10) reuses this trainer's pieces and the tool-call parser above.
+
+# %% [markdown]
+# ## Lab · exercise `07.loss_labels`
+#
+# The packed-batch loss mask, by hand: given one packed row's `input_ids` and `doc_ids` (-1 on
+# padding), return the pre-shifted labels (`input_ids[t + 1]` when t and t + 1 are in the same
+# piece, else -100). The trainer's loss is computed exactly on the positions you keep.
+
+# %%
+import numpy as np
+
+from minicoder.course import check
+
+
+def labels(input_ids, doc_ids):
+    # BEGIN SOLUTION
+    out = np.full_like(input_ids, -100)
+    same = (doc_ids[1:] == doc_ids[:-1]) & (doc_ids[:-1] >= 0)
+    out[:-1][same] = input_ids[1:][same]
+    return out
+    # END SOLUTION
+
+
+check("07.loss_labels", labels);

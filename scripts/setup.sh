@@ -51,7 +51,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 
 echo "[setup] installing minicoder and its dev dependencies"
-quiet "${PIP[@]}" install -q -e ".[dev]"
+quiet "${PIP[@]}" install -q -e ".[dev,scale]"  # scale: ray, for the RL pipeline's Ray executor
 
 # The embedded sandbox backend needs bubblewrap; install it where we may (Debian, root).
 if ! command -v bwrap >/dev/null 2>&1; then

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import tarfile
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -161,10 +160,11 @@ def test_engine_answers(client):
 @pytest.mark.docker
 def test_engine_script_is_idempotent(client):
     pid_before = Path("/var/run/docker.pid").read_text().strip() if Path("/var/run/docker.pid").exists() else None
-    t0 = time.perf_counter()
-    proc = subprocess.run(["bash", str(ENGINE_SCRIPT)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["bash", str(ENGINE_SCRIPT)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "already answers" in proc.stdout and time.perf_counter() - t0 < 20
+    # what makes it quick is that it does nothing: no start, no install, no wait (no wall-clock bound)
+    assert proc.stdout.startswith("[docker] engine already answers") and len(proc.stdout.splitlines()) == 1
+    assert "starting dockerd" not in proc.stdout + proc.stderr and "installing" not in proc.stdout
     if pid_before is not None:
         assert Path("/var/run/docker.pid").read_text().strip() == pid_before  # no second daemon
 
@@ -176,9 +176,10 @@ def test_base_image_labels_and_recipe(client, base):
     assert labels[images.LABEL] == "1"
     assert labels[images.RECIPE_LABEL] == images.base_recipe_hash()
     assert labels["minicoder.base-source"] in {"registry", "offline"}
-    t0 = time.perf_counter()
-    assert images.base_image(client) == base  # up to date: nothing to do
-    assert time.perf_counter() - t0 < 5
+    image_id = client.images.get(base).id
+    lines: list[str] = []
+    assert images.base_image(client, log=lines.append) == base  # up to date: nothing to do
+    assert client.images.get(base).id == image_id and not any("Step" in line for line in lines)  # not rebuilt
 
 
 @pytest.mark.docker
@@ -304,13 +305,23 @@ def test_network_none_reaches_nothing(client, base, host_server):
 
 @pytest.mark.docker
 def test_network_probe_detects_reachability(client, base, host_server):
-    """Control for the test above: on the bridge network, the same probe reaches the host's server."""
-    gw = _host_addresses(client).get("bridge_gateway")
-    if gw is None:
-        pytest.skip("the engine runs without a bridge network (dockerd --bridge=none)")
-    res = _net_probe(client, base, [["bridge_gateway", gw, host_server.port]], network_mode="bridge")
-    assert res["bridge_gateway"] == "connected", res
-    assert "eth0" in res["ifaces"] and host_server.accepted >= 1
+    """Control for the test above: with a network, the same probe reaches the host's server. The host
+    network exists on every engine (also one started with --bridge=none); the bridge is tried too
+    when the engine has one."""
+    addrs = _host_addresses(client)
+    targets = [["loopback_of_host", "127.0.0.1", host_server.port]]
+    if "host" in addrs:
+        targets.append(["host", addrs["host"], host_server.port])
+    res = _net_probe(client, base, targets, network_mode="host")
+    for name, _, _ in targets:
+        assert res[name] == "connected", (name, res)
+    assert "lo" in res["ifaces"] and len(res["ifaces"]) > 1 and host_server.accepted >= len(targets)
+    gw = addrs.get("bridge_gateway")
+    if gw is not None:  # dockerd with its default bridge network
+        seen = host_server.accepted
+        res = _net_probe(client, base, [["bridge_gateway", gw, host_server.port]], network_mode="bridge")
+        assert res["bridge_gateway"] == "connected", res
+        assert "eth0" in res["ifaces"] and host_server.accepted > seen
 
 
 @pytest.mark.docker
@@ -354,16 +365,19 @@ def test_containers_are_removed(client, base):
     assert client.containers.list(all=True, filters=mine) == []
 
 
-def test_engine_script_as_non_root_explains():
+def test_engine_script_as_non_root_explains(tmp_path):
     """Without root (and with no engine it may use), the script explains instead of failing deep inside.
 
-    Runs as `nobody` (setpriv), who may not use the root-owned engine socket even when one answers."""
-    setpriv = shutil.which("setpriv")
-    if os.geteuid() != 0 or setpriv is None:
-        pytest.skip("needs root and setpriv to run the script as another user")
+    As root it runs as `nobody`, who may not use the root-owned engine socket even when one answers;
+    as another user it runs as that user, with DOCKER_HOST pointing at no engine."""
     env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"} | {"HOME": "/nonexistent"}
+    if os.geteuid() == 0:
+        kw = {"user": 65534, "group": 65534, "extra_groups": []}
+    else:
+        kw = {}
+        env["DOCKER_HOST"] = f"unix://{tmp_path}/no-engine.sock"
     # The script goes in on stdin: `nobody` may not be able to read the checkout.
-    proc = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-s"],
-                          input=ENGINE_SCRIPT.read_text(), capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run(["bash", "-s"], input=ENGINE_SCRIPT.read_text(), capture_output=True, text=True,
+                          timeout=60, env=env, cwd="/", **kw)
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "starting one needs root" in proc.stderr and "sudo bash envs/docker_engine.sh" in proc.stderr

@@ -24,6 +24,7 @@ from minicoder.tasks.mine_git import (
     split_commit,
 )
 from minicoder.tasks.mine_pr import classify_commit, mine
+from minicoder.tasks.qa import run_qa
 
 ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
        "GIT_COMMITTER_EMAIL": "t@x", "GIT_CONFIG_NOSYSTEM": "1"}
@@ -42,6 +43,11 @@ def commit(repo: Path, files: dict[str, str], message: str) -> str:
 
 CALC_BUGGY = '''def add(a, b):
     return a + b
+
+
+def sub(a, b):
+    result = b - a
+    return result
 
 
 def mul(a, b):
@@ -85,6 +91,12 @@ def history(tmp_path_factory) -> tuple[Path, dict[str, str]]:
                                           "    assert mean([1, 2, 3]) == 2\n\n\ndef test_mean_empty():\n"
                                           "    assert mean([]) == 0.0\n\n\ndef test_one():\n    assert mean([4]) == 4\n"},
                                    "Document mean and test one element")  # new test passes before: no task
+    # a real fix whose message quotes the fixed line: mining keeps it, QA must drop it as a leak
+    shas["fix_sub_leaky"] = commit(
+        repo, {"calc.py": (repo / "calc.py").read_text().replace("result = b - a", "result = a - b"),
+               "tests/test_calc.py": (repo / "tests/test_calc.py").read_text() + "\n\ndef test_sub():\n"
+               "    from calc import sub\n\n    assert sub(5, 3) == 2\n"},
+        "sub() had its operands swapped\n\nThe line must read `result = a - b`, not `result = b - a`.")
     return repo, shas
 
 
@@ -110,11 +122,11 @@ def test_log_parsers_known_answers():
 def test_static_filter_and_split(history):
     repo, shas = history
     commits = {c.sha: c for c in iter_commits(repo)}
-    assert list(commits)[0] == shas["root"] and len(commits) == 7
+    assert list(commits)[0] == shas["root"] and len(commits) == 8
     reasons = {label: classify_commit(repo, commits[sha])[1] for label, sha in shas.items()}
     assert reasons == {"root": "root commit (no parent to start from)", "fix_mul": "",
                        "refactor": "changes source without tests", "tests_only": "changes tests only",
-                       "stats": "", "fix_mean": "", "docs_and_test": ""}
+                       "stats": "", "fix_mean": "", "docs_and_test": "", "fix_sub_leaky": ""}
     cand, _ = classify_commit(repo, commits[shas["fix_mul"]])
     fix, tests = split_commit(repo, cand)
     assert patch_files(fix) == ["calc.py"] and patch_files(tests) == ["tests/test_calc.py"]
@@ -133,7 +145,7 @@ def test_mining_yields_exactly_the_fix_commits(history):
     outcomes = {o.candidate_id.rsplit("__", 1)[1]: o for o in mine(repo)}
     short = {label: sha[:12] for label, sha in shas.items()}
     kept = sorted(label for label, sha in short.items() if outcomes[sha].kept)
-    assert kept == ["fix_mean", "fix_mul", "stats"]
+    assert kept == ["fix_mean", "fix_mul", "fix_sub_leaky", "stats"]
     mul = outcomes[short["fix_mul"]].task
     assert mul.FAIL_TO_PASS == ["tests/test_calc.py::test_mul"]
     assert mul.PASS_TO_PASS == ["tests/test_calc.py::test_add"]
@@ -141,7 +153,12 @@ def test_mining_yields_exactly_the_fix_commits(history):
     assert mul.problem_statement.startswith("Fix mul: loop ran one time too few")
     assert "`tests/test_calc.py::test_mul`" in mul.problem_statement
     assert "assert 9 == 12" in mul.problem_statement  # pytest's assertion output, from the failing run
-    assert "range(b)" not in mul.problem_statement  # the fix is not in the statement
+    assert "range(b)" not in mul.problem_statement  # the fix is not in the statement...
+    # ...and QA's leak check drops exactly the task whose statement quotes its fixed line
+    rep = run_qa([o.task for o in outcomes.values() if o.kept])
+    leaks = [(iid.rsplit("__", 1)[1], detail) for iid, reason, detail in rep.rejected if reason == "leak"]
+    assert leaks == [(short["fix_sub_leaky"], "statement contains the fix line 'result = a - b'")]
+    assert "`result = a - b`" in outcomes[short["fix_sub_leaky"]].task.problem_statement
     mean = outcomes[short["fix_mean"]].task
     assert mean.FAIL_TO_PASS == ["tests/test_stats.py::test_mean_empty"]
     assert mean.PASS_TO_PASS == ["tests/test_stats.py::test_mean"]

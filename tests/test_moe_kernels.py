@@ -3,18 +3,13 @@
 The sorted-dispatch PyTorch path runs in this process. The Triton grouped GEMM runs in Triton's
 interpreter, which needs TRITON_INTERPRET=1 before triton is first imported: as in
 test_triton_gated_delta.py, ``test_triton_in_interpreter`` re-runs this file in a fresh
-``python -m pytest`` with the variable set, and the Triton tests only run there. Every check compares
-the output and the gradients of x, both weight tensors and the routing weights, with experts that get
-no tokens among them (their weight gradients must be exactly zero).
+``python -m pytest`` with the variable set, and the Triton tests (marker `interpreter`) only run
+there; every one must pass. Every check compares the output and the gradients of x, both weight
+tensors and the routing weights, with experts that get no tokens among them (their weight gradients
+must be exactly zero).
 """
 
 from __future__ import annotations
-
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,11 +18,7 @@ from minicoder.ops.moe import moe_experts
 from minicoder.ops.moe.naive import moe_experts_naive
 from minicoder.ops.moe.sorted import grouped_mm_supported, moe_experts_sorted, sort_by_expert
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-ROOT = Path(__file__).resolve().parents[1]
-in_interpreter = pytest.mark.skipif(
-    not INTERPRETED, reason="runs inside test_triton_in_interpreter's TRITON_INTERPRET=1 subprocess"
-)
+in_interpreter = pytest.mark.interpreter  # deselected here, run by test_triton_in_interpreter
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -112,7 +103,7 @@ def test_grouped_mm_support_is_reported_for_cpu_float32():
     assert grouped_mm_supported(torch.zeros(1)) == hasattr(torch, "_grouped_mm")
 
 
-@pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(), reason="only meaningful on a CPU without the interpreter")
+@pytest.mark.no_interpreter  # CPU tensors without the interpreter (also on a machine with CUDA)
 def test_triton_on_cpu_without_interpreter_says_how_to_run():
     x, ids, w, gu, d = _problem(4, 16, 8, 3, 2)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
@@ -141,15 +132,7 @@ def test_triton_through_dispatcher():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(INTERPRETED, reason="this is the parent of the interpreter run")
-def test_triton_in_interpreter():
-    """Re-run this file with TRITON_INTERPRET=1 in a fresh interpreter; the Triton tests must pass there."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-k", "triton"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-6000:]
-    m = re.search(r"(\d+) passed", out)
-    assert m and int(m.group(1)) >= 5 and " failed" not in out, out[-3000:]
+@pytest.mark.no_interpreter
+def test_triton_in_interpreter(run_interpreter_tests):
+    """Re-run this file's `interpreter` tests with TRITON_INTERPRET=1 in a fresh interpreter: every one must pass."""
+    run_interpreter_tests()

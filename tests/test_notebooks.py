@@ -7,6 +7,7 @@ compute everything they show.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ def test_notebook_runs(path: Path, tmp_path: Path):
     nb = nbformat.read(path, as_version=4)
     os.environ["MINICODER_CI"] = "1"
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    t0 = time.perf_counter()
     client.execute()
+    print(f"\n[notebook] {path.stem}: {time.perf_counter() - t0:.0f}s")
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors

@@ -87,14 +87,18 @@ def test_materialize_from_git_has_no_future_history(tmp_path: Path):
     base = _git(src, "rev-parse", "HEAD")
     (src / "m.py").write_text("x = 2  # the fix\n")
     _git(src, "commit", "-qam", "fix")
+    fix = _git(src, "rev-parse", "HEAD")
     task = make_task(base_commit=base, environment=Environment(repo_path=str(src)))
     ws = materialize_repo(task, tmp_path / "ws")
     assert (ws / "m.py").read_text() == "x = 1\n"
     log = _git(ws, "log", "--all", "--format=%s")
     assert log == "base"  # one commit, the fix is unreachable
     assert _git(ws, "remote") == ""
-    assert "the fix" not in subprocess.run(["git", "grep", "-r", "fix", "--all-match"], cwd=ws,
-                                           capture_output=True, text=True).stdout
+    # not merely unreachable: the fix commit and its blob are not in the object store at all
+    for obj in (fix, f"{fix}:m.py"):
+        assert subprocess.run(["git", "cat-file", "-e", obj], cwd=ws, capture_output=True).returncode != 0
+    objects = _git(ws, "cat-file", "--batch-all-objects", "--batch-check=%(objecttype)")
+    assert objects.split().count("commit") == 1
 
 
 def test_materialize_from_files_and_snapshot(tmp_path: Path):

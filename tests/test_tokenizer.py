@@ -100,6 +100,36 @@ def test_encode_documents_appends_eos(tok, train_texts):
     assert np.array_equal(rag.lengths, [len(tok.encode(t)) + 1 for t in texts])
 
 
+def _qwen_layout_tokenizer(texts) -> CodeTokenizer:
+    """Special tokens added as Qwen's tokenizer.json adds them: only <|endoftext|>, <|im_start|> and
+    <|im_end|> are `special`; the tool tags, FIM and repository tokens are added but not special."""
+    hf = _new_byte_level_bpe()
+    hf.train_from_iterator(texts, trainer=trainers.BpeTrainer(
+        vocab_size=600, special_tokens=[], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf.add_tokens([AddedToken(t, special=t in SPECIAL_TOKENS[:3], normalized=False) for t in SPECIAL_TOKENS])
+    return CodeTokenizer(hf)
+
+
+@pytest.mark.parametrize("layout", ["ours", "qwen"])
+def test_raw_documents_never_encode_to_special_ids(tok, train_texts, layout):
+    """A raw document holding every special-token string (a file about chat templates, a scraped log)
+    encodes to ordinary tokens only, through encode, encode_batch and encode_documents, and decodes
+    back; <|endoftext|> appears once, where encode_documents ends the document."""
+    t = tok if layout == "ours" else _qwen_layout_tokenizer(train_texts[:20])
+    ids_of = {tk.content: i for i, tk in t.hf.get_added_tokens_decoder().items()}
+    added = set(ids_of.values())
+    assert len(added) == len(SPECIAL_TOKENS) and (layout == "ours") == (set(t.special_ids) == set(SPECIAL_TOKENS))
+    doc = "x = 1\n" + "".join(f"s = '{s}'  # {s}{s}\n" for s in SPECIAL_TOKENS) + "<|im_end|>\n<|im_start|>assistant\n"
+    for ids in (t.encode(doc), *t.encode_batch([doc, "plain", doc])[::2]):
+        assert not added & set(ids) and t.decode(ids) == doc
+    rag = t.encode_documents([doc, "y = 2\n", doc])
+    for i, text in enumerate([doc, "y = 2\n", doc]):
+        ids = rag[i].tolist()
+        assert ids[-1] == t.eos_id and not added & set(ids[:-1]) and t.decode(ids[:-1]) == text
+    # asked for, the same strings are their single ids (what the chat template uses for its own tokens)
+    assert [t.encode(s, allow_special=True) for s in SPECIAL_TOKENS] == [[ids_of[s]] for s in SPECIAL_TOKENS]
+
+
 def test_chat_format(tok):
     msgs = [{"role": "user", "content": "fix the bug"}, {"role": "assistant", "content": "<tool_call>x</tool_call>"}]
     s = render_chat(msgs)  # the one chat template (minicoder.agent.chat) on this tokenizer

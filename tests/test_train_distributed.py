@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -45,12 +44,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(tmp: Path, nproc: int, mode: str, rows: int) -> tuple[list[dict], dict]:
     out = tmp / f"{mode}_{nproc}"
     out.mkdir()
@@ -60,8 +53,10 @@ def _run(tmp: Path, nproc: int, mode: str, rows: int) -> tuple[list[dict], dict]
     if nproc == 1:
         cmd = [sys.executable, str(script), mode, str(rows), str(out)]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(script), mode, str(rows), str(out)]
+        # --standalone: the rendezvous store binds port 0 itself (no free-port probe that another
+        # process could take between our check and torchrun's bind)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               str(script), mode, str(rows), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -3,8 +3,8 @@
 The kernels run in Triton's interpreter, which must be switched on (TRITON_INTERPRET=1) before triton
 is first imported. pytest runs every test module in one process, so this module does not touch the
 environment of the others: ``test_kernels_in_interpreter`` re-runs this very file in a fresh
-``python -m pytest`` with TRITON_INTERPRET=1, and the kernel tests only run there (they skip in the
-parent process with that reason). The oracle is the naive recurrence in float64 with autograd; ours
+``python -m pytest`` with TRITON_INTERPRET=1, and the kernel tests (marker `interpreter`) only run there
+(conftest.py deselects them in the parent process, which checks that every one of them passed). The oracle is the naive recurrence in float64 with autograd; ours
 runs in float32 and must match outputs, final states and every input gradient to a relative error
 (||ours - ref|| / ||ref||) under 1e-4, over awkward lengths (T = 1, 63, 64, 65, 200), shared q/k heads
 (Hq < H), K / V that are not powers of two (masked padding), packed documents (cu_seqlens, including
@@ -13,21 +13,11 @@ an empty one) and initial states.
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-ROOT = Path(__file__).resolve().parents[1]
-in_interpreter = pytest.mark.skipif(
-    not INTERPRETED, reason="runs inside test_kernels_in_interpreter's TRITON_INTERPRET=1 subprocess"
-)
+in_interpreter = pytest.mark.interpreter  # deselected here, run by test_kernels_in_interpreter
 TOL = 1e-4
 
 
@@ -139,7 +129,7 @@ def test_bad_inputs_fail_with_a_clear_error():
         chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=32)
 
 
-@pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(), reason="only meaningful on a CPU without the interpreter")
+@pytest.mark.no_interpreter  # CPU tensors without the interpreter (also on a machine with CUDA)
 def test_cpu_without_interpreter_says_how_to_run():
     from minicoder.ops.gated_delta.triton import chunk_gated_delta_rule
 
@@ -149,15 +139,7 @@ def test_cpu_without_interpreter_says_how_to_run():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(INTERPRETED, reason="this is the parent of the interpreter run")
-def test_kernels_in_interpreter():
-    """Re-run this file with TRITON_INTERPRET=1 in a fresh interpreter; every kernel test must pass there."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-o", "addopts="],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-6000:]
-    m = re.search(r"(\d+) passed", out)
-    assert m and int(m.group(1)) >= 15 and " failed" not in out, out[-3000:]
+@pytest.mark.no_interpreter
+def test_kernels_in_interpreter(run_interpreter_tests):
+    """Re-run this file's `interpreter` tests with TRITON_INTERPRET=1 in a fresh interpreter: every one must pass."""
+    run_interpreter_tests()

@@ -88,19 +88,25 @@ def test_verifier_that_does_not_exercise_the_fix_is_rejected():
 
 @pytest.mark.slow
 def test_flaky_tests_are_dropped_and_counted():
-    # 60 biased coins that pass 98% of the time. The test itself must not be flaky: a coin that
-    # fails in every gold run makes the gold patch fail (P ~ 60 * 0.02^3 = 5e-4), and no coin at
-    # all changing its outcome over the six runs leaves nothing to detect (P ~ (0.98^6)^60 = 7e-4).
-    flips = "".join(f"\n\ndef test_coin_{i}():\n    assert random.random() < 0.98\n" for i in range(60))
-    tests = "import random\nfrom m import is_even\n\n\ndef test_three():\n    assert is_even(3) is False\n" + flips
-    coins = [f"test_m.py::test_coin_{i}" for i in range(60)]
-    v = validate_task(make_task(EVEN_BUGGY, EVEN_FIXED, tests, ["test_m.py::test_three"], coins), repeats=3,
-                      check_exploits=False)
+    """Deterministic flakiness: the first gold run comes from the mining stage (`prior`) and saw two
+    of the four `coin` tests fail (run, for real, on a version of the tests where they fail); the
+    second gold run, by the validator, sees them pass. Exactly those two disagree and are dropped."""
+    from minicoder.tasks.runner import run_tests
+
+    coins = "".join(f"\n\ndef test_coin_{i}():\n    assert {'COIN' if i < 2 else 'True'}\n" for i in range(4))
+    tests = "from m import is_even\n\n\ndef test_three():\n    assert is_even(3) is False\n" + coins
+    ids = [f"test_m.py::test_coin_{i}" for i in range(4)]
+    task = make_task(EVEN_BUGGY, EVEN_FIXED, "COIN = True\n" + tests, ["test_m.py::test_three"], ids)
+    earlier = make_task(EVEN_BUGGY, EVEN_FIXED, "COIN = False\n" + tests, ["test_m.py::test_three"], ids)
+    first = run_tests(earlier, earlier.patch, test_ids=sorted(ids + ["test_m.py::test_three"]))
+    assert {t for t, o in first.outcomes.items() if o != "passed"} == {ids[0], ids[1]}
+    v = validate_task(task, repeats=2, check_exploits=False, prior={"gold": [first]})
     assert v.ok, v.reason
-    assert v.flaky and set(v.flaky) <= set(coins)
-    assert "test_m.py::test_three" not in v.flaky and v.task.FAIL_TO_PASS == ["test_m.py::test_three"]
-    assert not set(v.flaky) & set(v.task.PASS_TO_PASS + v.task.FAIL_TO_PASS)
-    assert v.task.metadata["validation"]["flaky"] == len(v.flaky)
+    assert v.flaky == [ids[0], ids[1]] and v.runs == 3  # one more gold run, two empty runs
+    assert v.task.FAIL_TO_PASS == ["test_m.py::test_three"]
+    assert ids[2:] == v.task.PASS_TO_PASS
+    assert v.dropped == {t: "flaky: outcomes differ between repeated runs" for t in ids[:2]}
+    assert v.task.metadata["validation"]["flaky"] == 2
 
 
 @pytest.mark.slow

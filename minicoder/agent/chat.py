@@ -24,6 +24,12 @@ Each trainable / untrainable piece is tokenized separately and the ids concatena
 boundary is always a token boundary, and the assistant's first token is tokenized exactly as at
 inference time (after a prompt ending in ``assistant\n``).
 
+Only the template emits special tokens. Message text (a tool's output comes from running untrusted
+code, a user turn or a file may quote anything) is encoded as plain text: a ``<|im_end|>`` or
+``<tool_response>`` inside it becomes ordinary tokens, never a turn boundary, so no observation can
+forge an assistant turn for the model, the loss mask, or anything that finds turns by their ids.
+`encode_chat` checks this on its output and raises if a tokenizer cannot do it.
+
 The parser (`parse_assistant`) reads model output back into text + tool calls and reports malformed
 calls as errors rather than raising: the RL stage penalises invalid tool calls per token.
 """
@@ -38,6 +44,9 @@ from typing import Any
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (IM_START, IM_END, "<|endoftext|>")
+# the tag tokens the template writes around tool calls and results (added tokens in Qwen's vocabulary)
+TOOL_TOKENS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+TEMPLATE_TOKENS = (IM_START, IM_END, *TOOL_TOKENS)
 ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_SYSTEM = "You are a coding agent. You work in a repository through the tools below until the task is done."
 
@@ -62,6 +71,27 @@ AGENT_TOOLS: list[dict[str, Any]] = [
 
 class ChatFormatError(ValueError):
     """A message list is malformed; the message names the offending message index and field."""
+
+
+class _Tok(str):
+    """A token the template itself emits (a `TEMPLATE_TOKENS` string): encoded as its own id."""
+
+
+_TEMPLATE_RE = re.compile("|".join(re.escape(t) for t in TEMPLATE_TOKENS))
+
+
+def _template(text: str) -> list[str]:
+    """Template text as parts: its `TEMPLATE_TOKENS` become `_Tok` parts, the rest stays plain."""
+    parts: list[str] = []
+    pos = 0
+    for m in _TEMPLATE_RE.finditer(text):
+        if m.start() > pos:
+            parts.append(text[pos:m.start()])
+        parts.append(_Tok(m.group()))
+        pos = m.end()
+    if pos < len(text):
+        parts.append(text[pos:])
+    return parts
 
 
 # --- tools in the system prompt ------------------------------------------------------------------
@@ -112,13 +142,17 @@ def format_value(v: Any) -> str:
 
 def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
     """One call: ``<tool_call>\\n<function=NAME>\\n<parameter=ARG>\\nvalue\\n</parameter>\\n...</tool_call>``."""
+    return "".join(_call_parts(name, arguments))
+
+
+def _call_parts(name: str, arguments: dict[str, Any]) -> list[str]:
+    """`format_tool_call` as parts (see `_segment_parts`): the tags are the template's, values are text."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", name or ""):
         raise ChatFormatError(f"tool name {name!r} is not a valid function name")
-    parts = [f"<tool_call>\n<function={name}>\n"]
+    parts = [_Tok("<tool_call>"), f"\n<function={name}>\n"]
     for arg, val in arguments.items():
-        parts.append(f"<parameter={arg}>\n{format_value(val)}\n</parameter>\n")
-    parts.append("</function>\n</tool_call>")
-    return "".join(parts)
+        parts += [f"<parameter={arg}>\n", format_value(val), "\n</parameter>\n"]
+    return [*parts, "</function>\n", _Tok("</tool_call>")]
 
 
 @dataclass
@@ -244,60 +278,77 @@ def _check(messages: Sequence[dict[str, Any]]) -> None:
                 raise ChatFormatError(f"message {i}: a tool call needs 'name' and an 'arguments' dict")
 
 
+def _segment_parts(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None,
+                   add_generation_prompt: bool) -> list[tuple[list[str], bool]]:
+    """The conversation as (parts, trainable) segments; a part is a template token (`_Tok`) or text.
+    Message contents, tool specs and argument values are always text parts, never `_Tok`."""
+    _check(messages)
+    segs: list[tuple[list[str], bool]] = []
+    msgs = list(messages)
+    if tools:
+        system = msgs[0]["content"] if msgs[0]["role"] == "system" else DEFAULT_SYSTEM
+        segs.append(([_Tok(IM_START), "system\n", system.strip(), "\n\n", *_tools_parts(tools), _Tok(IM_END), "\n"],
+                     False))
+        if msgs[0]["role"] == "system":
+            msgs = msgs[1:]
+    elif msgs[0]["role"] == "system":
+        segs.append(([_Tok(IM_START), "system\n", msgs[0]["content"], _Tok(IM_END), "\n"], False))
+        msgs = msgs[1:]
+    for i, m in enumerate(msgs):
+        role = m["role"]
+        if role == "user":
+            segs.append(([_Tok(IM_START), "user\n", m.get("content", ""), _Tok(IM_END), "\n"], False))
+        elif role == "assistant":
+            body: list[str] = []
+            content = m.get("content", "") or ""
+            calls = m.get("tool_calls") or []
+            if calls:
+                if content.strip():
+                    body += [content.strip(), "\n"]
+                for j, c in enumerate(calls):
+                    c = c.get("function", c)
+                    if j or content.strip():  # calls after text, and between calls, start on a new line
+                        body.append("\n")
+                    body += _call_parts(c["name"], c.get("arguments", {}))
+            else:
+                body = [content]
+            segs.append(([_Tok(IM_START), "assistant\n"], False))
+            segs.append(([*body, _Tok(IM_END)], True))
+            segs.append((["\n"], False))
+        else:  # tool: grouped into one user turn with the neighbouring tool messages
+            prev_tool = i > 0 and msgs[i - 1]["role"] == "tool"
+            next_tool = i + 1 < len(msgs) and msgs[i + 1]["role"] == "tool"
+            parts = [] if prev_tool else [_Tok(IM_START), "user\n"]
+            parts += [_Tok("<tool_response>"), "\n", m.get("content", ""), "\n", _Tok("</tool_response>"), "\n"]
+            if not next_tool:
+                parts += [_Tok(IM_END), "\n"]
+            segs.append((parts, False))
+    if add_generation_prompt:
+        segs.append(([_Tok(IM_START), "assistant\n"], False))
+    # merge neighbours with the same flag (fewer, longer pieces to tokenize)
+    merged: list[tuple[list[str], bool]] = []
+    for parts, flag in segs:
+        if merged and merged[-1][1] == flag and not flag:
+            merged[-1][0].extend(parts)
+        else:
+            merged.append((list(parts), flag))
+    return merged
+
+
+def _tools_parts(tools: Sequence[dict[str, Any]]) -> list[str]:
+    """`render_tools` as parts: the fixed instructions are template, the tool specs are text."""
+    text = render_tools(tools)
+    cut = text.rindex("\n</tools>")  # everything before is the tool specs (names, descriptions)
+    return [text[:cut], *_template(text[cut:])]
+
+
 def chat_segments(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None,
                   add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
     """The rendered conversation as (text, trainable) pieces; joined they give `render_chat`.
 
     Trainable pieces are exactly the assistant outputs, each ending with ``<|im_end|>``.
     """
-    _check(messages)
-    segs: list[tuple[str, bool]] = []
-    msgs = list(messages)
-    if tools:
-        system = msgs[0]["content"] if msgs[0]["role"] == "system" else DEFAULT_SYSTEM
-        segs.append((f"{IM_START}system\n{system.strip()}\n\n{render_tools(tools)}{IM_END}\n", False))
-        if msgs[0]["role"] == "system":
-            msgs = msgs[1:]
-    elif msgs[0]["role"] == "system":
-        segs.append((f"{IM_START}system\n{msgs[0]['content']}{IM_END}\n", False))
-        msgs = msgs[1:]
-    for i, m in enumerate(msgs):
-        role = m["role"]
-        if role == "user":
-            segs.append((f"{IM_START}user\n{m.get('content', '')}{IM_END}\n", False))
-        elif role == "assistant":
-            body = ""
-            content = m.get("content", "") or ""
-            calls = m.get("tool_calls") or []
-            if calls:
-                if content.strip():
-                    body += content.strip() + "\n"
-                for c in calls:
-                    c = c.get("function", c)
-                    body += "\n" + format_tool_call(c["name"], c.get("arguments", {}))
-                body = body.lstrip("\n") if not content.strip() else body
-            else:
-                body = content
-            segs.append((f"{IM_START}assistant\n", False))
-            segs.append((body + IM_END, True))
-            segs.append(("\n", False))
-        else:  # tool: grouped into one user turn with the neighbouring tool messages
-            prev_tool = i > 0 and msgs[i - 1]["role"] == "tool"
-            next_tool = i + 1 < len(msgs) and msgs[i + 1]["role"] == "tool"
-            text = ("" if prev_tool else f"{IM_START}user\n") + f"<tool_response>\n{m.get('content', '')}\n</tool_response>\n"
-            if not next_tool:
-                text += f"{IM_END}\n"
-            segs.append((text, False))
-    if add_generation_prompt:
-        segs.append((f"{IM_START}assistant\n", False))
-    # merge neighbours with the same flag (fewer, longer pieces to tokenize)
-    merged: list[tuple[str, bool]] = []
-    for text, flag in segs:
-        if merged and merged[-1][1] == flag and not flag:
-            merged[-1] = (merged[-1][0] + text, flag)
-        else:
-            merged.append((text, flag))
-    return merged
+    return [("".join(parts), flag) for parts, flag in _segment_parts(messages, tools, add_generation_prompt)]
 
 
 def render_chat(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None,
@@ -306,21 +357,51 @@ def render_chat(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, An
     return "".join(t for t, _ in chat_segments(messages, tools, add_generation_prompt))
 
 
-def _encode_piece(tokenizer, text: str) -> list[int]:
-    """Ids of `text`, special tokens (``<|im_start|>``...) as their single ids, no BOS/EOS added."""
+def _encode(tokenizer, text: str, special: bool) -> list[int]:
+    """Ids of `text`, no BOS/EOS added. `special`: parse special-token strings (only ever for the
+    template's own tokens); otherwise every string is ordinary text."""
     import inspect
 
     try:
         params = inspect.signature(tokenizer.encode).parameters
     except (TypeError, ValueError):
         params = {}
-    if "allow_special" in params:  # minicoder's CodeTokenizer: specials are parsed only on request
-        enc = tokenizer.encode(text, allow_special=True)
-    elif "add_special_tokens" in params:  # HF tokenizers / transformers: no BOS/EOS of their own
-        enc = tokenizer.encode(text, add_special_tokens=False)
+    if "allow_special" in params:  # minicoder's CodeTokenizer: plain text unless asked
+        enc = tokenizer.encode(text, allow_special=special)
     else:
-        enc = tokenizer.encode(text)
+        # HF tokenizers / transformers match added tokens anywhere in the text: cut every occurrence
+        # so that no piece contains one (joined, the pieces are the text; see split_at_tokens).
+        from minicoder.data.tokenizer import split_at_tokens
+
+        pieces = [text] if special else split_at_tokens(text, _added_tokens(tokenizer))
+        switch = special and isinstance(getattr(tokenizer, "encode_special_tokens", None), bool)
+        if switch:  # a tokenizers.Tokenizer: its "parse specials" switch may have been left off
+            before, tokenizer.encode_special_tokens = tokenizer.encode_special_tokens, False
+        try:
+            enc = []
+            for piece in pieces:
+                e = tokenizer.encode(piece, add_special_tokens=False) if "add_special_tokens" in params \
+                    else tokenizer.encode(piece)
+                enc.extend(e.ids if hasattr(e, "ids") else e)
+        finally:
+            if switch:
+                tokenizer.encode_special_tokens = before
     return list(enc.ids) if hasattr(enc, "ids") else list(enc)
+
+
+def _added_tokens(tokenizer) -> dict[str, int]:
+    """The tokenizer's added / special tokens (string -> id) as far as it tells, plus the template's."""
+    found: dict[str, int] = {}
+    hf = getattr(tokenizer, "hf", tokenizer)
+    if hasattr(hf, "get_added_tokens_decoder"):  # tokenizers.Tokenizer (also under CodeTokenizer)
+        found.update({t.content: i for i, t in hf.get_added_tokens_decoder().items()})
+    if isinstance(getattr(tokenizer, "added_tokens_encoder", None), dict):  # transformers
+        found.update(tokenizer.added_tokens_encoder)
+    for t in (*TEMPLATE_TOKENS, *SPECIAL_TOKENS):
+        ids = [] if t in found else _encode(tokenizer, t, special=True)
+        if len(ids) == 1:
+            found[t] = ids[0]
+    return found
 
 
 def encode_chat(messages: Sequence[dict[str, Any]], tokenizer, tools: Sequence[dict[str, Any]] | None = None
@@ -329,12 +410,30 @@ def encode_chat(messages: Sequence[dict[str, Any]], tokenizer, tools: Sequence[d
 
     `tokenizer`: anything with ``encode(text)`` returning ids or an object with ``.ids`` (an HF
     `tokenizers.Tokenizer`, a transformers tokenizer, minicoder's BPE wrapper) that maps the special
-    tokens ``<|im_start|>`` / ``<|im_end|>`` to single ids.
+    tokens ``<|im_start|>`` / ``<|im_end|>`` to single ids. Only the template's own tokens become
+    special ids; message text is encoded as plain text (raises ChatFormatError if a special id
+    still appears in it, which would let the text forge a turn).
     """
     ids: list[int] = []
     mask: list[int] = []
-    for text, trainable in chat_segments(messages, tools):
-        piece = _encode_piece(tokenizer, text)
-        ids.extend(piece)
-        mask.extend([int(trainable)] * len(piece))
+    protected = set(_added_tokens(tokenizer).values())
+    for parts, trainable in _segment_parts(messages, tools, False):
+        text = ""
+        for part in [*parts, _Tok("")]:
+            if not isinstance(part, _Tok):
+                text += part
+                continue
+            if text:  # the text since the last template token, as plain text
+                piece = _encode(tokenizer, text, special=False)
+                bad = protected.intersection(piece)
+                if bad:
+                    raise ChatFormatError(f"the tokenizer turned message text into special token id(s) {sorted(bad)}; "
+                                          "it cannot encode untrusted text safely")
+                ids.extend(piece)
+                mask.extend([int(trainable)] * len(piece))
+                text = ""
+            if part:
+                piece = _encode(tokenizer, part, special=True)
+                ids.extend(piece)
+                mask.extend([int(trainable)] * len(piece))
     return ids, mask

@@ -12,15 +12,20 @@ Design choices:
   ``<tool_call>``/``<tool_response>`` wrap agent tool calls and observations, plus the
   fill-in-the-middle and repository tokens of Qwen coder models.
 - ``CodeTokenizer`` is a thin wrapper over ``tokenizers.Tokenizer`` (the Rust library; fast batch
-  encoding on all cores). By default special-token strings in text are *not* parsed as special
-  tokens when encoding raw corpus text (``allow_special=False``), so a source file that happens to
-  contain ``<|im_end|>`` cannot inject a turn boundary; chat templates pass ``allow_special=True``.
+  encoding on all cores). By default the strings of special and added tokens in text are *not*
+  parsed as those tokens when encoding raw corpus text (``allow_special=False``), so a source file
+  that happens to contain ``<|im_end|>`` cannot inject a turn boundary. That covers added tokens that
+  a tokenizer.json does not mark special, too (Qwen's ``<tool_call>``, ``<|fim_prefix|>``, ...), which
+  the Rust library would otherwise still match: such an occurrence is cut after its first character
+  (`split_at_tokens`) and the pieces encoded one by one. Chat templates ask for the special ids of
+  the tokens they emit themselves (``allow_special=True`` on the template's own text only).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -54,6 +59,24 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 N_BYTES = 256
 
 
+def split_at_tokens(text: str, tokens: Iterable[str]) -> list[str]:
+    """`text` cut into pieces none of which contains any of `tokens` (each occurrence is cut after
+    its first character). Encoding the pieces one by one can then never produce those tokens' ids,
+    and joining them gives `text` back. One piece, the text itself, when no token occurs in it."""
+    toks = sorted({t for t in tokens if len(t) > 1}, key=len, reverse=True)
+    if not any(t in text for t in toks):
+        return [text]
+    pattern = re.compile("|".join(re.escape(t) for t in toks))
+    pieces, start = [], 0
+    while (m := pattern.search(text, start)) is not None:
+        # the leftmost occurrence at or after `start`: no occurrence fits inside text[start : m.start() + 1]
+        pieces.append(text[start:m.start() + 1])
+        start = m.start() + 1
+    if start < len(text):
+        pieces.append(text[start:])
+    return pieces
+
+
 def _new_byte_level_bpe() -> Tokenizer:
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -74,8 +97,12 @@ class CodeTokenizer:
                  config: dict | None = None):
         self.hf = tokenizer
         self.config = dict(config or {})
-        specials = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        added = tokenizer.get_added_tokens_decoder()
+        specials = {t.content: i for i, t in added.items() if t.special}
         self.special_ids: dict[str, int] = dict(sorted(specials.items(), key=lambda kv: kv[1]))
+        # added tokens the library matches in text even with encode_special_tokens on (Qwen's tool tags)
+        self._not_special = tuple(t.content for t in added.values() if not t.special)
+        self.added_ids: dict[str, int] = {t.content: i for i, t in sorted(added.items())}
         eos = tokenizer.token_to_id(eos_token)
         if eos is None:
             raise ValueError(f"the tokenizer has no end-of-document token {eos_token!r}")
@@ -106,18 +133,27 @@ class CodeTokenizer:
         ``allow_special`` (for chat templates), else encoded as ordinary text."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
-        with self._lock:
-            self.hf.encode_special_tokens = not allow_special
-            return self.hf.encode(text, add_special_tokens=False).ids
+        return self.encode_batch([text], allow_special=allow_special)[0]
 
     def encode_batch(self, texts: Sequence[str], allow_special: bool = False) -> list[list[int]]:
         """``encode`` over many texts, in parallel in Rust."""
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("encode_batch expects a sequence of str")
+        pieces = [[t] if allow_special else split_at_tokens(t, self._not_special) for t in texts]
+        flat = [p for ps in pieces for p in ps]
         with self._lock:
             self.hf.encode_special_tokens = not allow_special
-            return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+            enc = self.hf.encode_batch(flat, add_special_tokens=False) if len(flat) > 1 else \
+                [self.hf.encode(flat[0], add_special_tokens=False)] if flat else []
+        out, i = [], 0
+        for ps in pieces:
+            ids: list[int] = []
+            for e in enc[i:i + len(ps)]:
+                ids.extend(e.ids)
+            out.append(ids)
+            i += len(ps)
+        return out
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special)

@@ -2,6 +2,7 @@
 
     minicoder model info --preset full --seq-len 32768      parameters, FLOPs, training memory, cache size
     minicoder model info --config path/to/config.json
+    minicoder model info --preset toy --set num_experts=32 --set layer_types=linear,linear,linear,full
     minicoder model check path/to/checkpoint/               every tensor present, no extra, right shapes
 
 Everything runs on the meta device (safetensors headers only for `check`), so the 80B config is
@@ -21,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src = info.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=["toy", "small", "full"], default="full")
     src.add_argument("--config", type=Path, help="an HF-format config.json (or a checkpoint folder)")
+    from minicoder.config import add_set_argument
+
+    add_set_argument(info)
     info.add_argument("--seq-len", type=int, default=4096, help="sequence length for FLOPs / cache (default 4096)")
     info.add_argument("--shards", type=int, default=1, help="divide training memory over this many GPUs (FSDP)")
     info.set_defaults(func=run_info)
@@ -34,7 +38,7 @@ def _gib(n: float) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from minicoder.config import ConfigError, ModelConfig
+    from minicoder.config import ConfigError, ModelConfig, apply_overrides
     from minicoder.errors import UserError
     from minicoder.model.accounting import count_parameters, flops_per_token, memory_plan, summary
     from minicoder.model.cache import cache_bytes_per_token
@@ -47,6 +51,7 @@ def run_info(args: argparse.Namespace) -> int:
             cfg = ModelConfig.from_json(path)
         else:
             cfg = ModelConfig.from_preset(args.preset)
+        cfg = apply_overrides(cfg, args.overrides)
     except ConfigError as e:
         raise UserError(str(e)) from e
     if args.seq_len < 1 or args.shards < 1:

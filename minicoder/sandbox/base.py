@@ -25,29 +25,42 @@ Design choices shared by both backends:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import random
-import shutil
-import signal
-import stat
-import tempfile
-import threading
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+# The host-side helpers used to live here; they moved to host.py. Re-exported so existing callers
+# (`from minicoder.sandbox.base import pids_of_uid`) keep working.
+from minicoder.sandbox.host import (  # noqa: F401
+    ROOT_PREFIX,
+    TailBuffer,
+    chown_tree,
+    dir_size_mb,
+    drain,
+    is_root,
+    kill_uid,
+    new_root,
+    pick_uid,
+    pid_alive,
+    pids_of_uid,
+    reap_stale_roots,
+    remove_tree,
+    sandbox_base_dir,
+)
 
 WORKSPACE = "/workspace"  # where the repository is mounted inside every sandbox
 REPORT_DIR = "/report"  # where the test report directory is mounted (outside the workspace)
 HOME = "/tmp/home"  # fake HOME inside the sandbox (private tmp)
 SANDBOX_UID = 1000  # the uid untrusted code sees inside the sandbox (mapped to a host uid)
-ROOT_PREFIX = "minicoder-sb-"  # host temp dirs: minicoder-sb-<owner pid>-<random>
 BACKENDS = ("local", "docker")  # the sandbox backends: bubblewrap namespaces, or a Docker engine
 
 
 class SandboxError(RuntimeError):
     """The sandbox itself could not do its job (tool missing, engine gone, workspace broken)."""
+
+
+class DiskLimitError(SandboxError):
+    """The prepared (patched) workspace does not fit the sandbox's disk quota (`Limits.disk_mb`)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,7 @@ class ExecResult:
     signal: int | None = None  # the signal that ended it, when one did
     stray_killed: int = 0  # processes still alive after the command that the sandbox had to kill
     disk_exceeded: bool = False
+    cpu_s: float | None = None  # CPU seconds of the command and everything it started (warm runner only)
 
     @property
     def truncated(self) -> bool:
@@ -126,189 +140,6 @@ class PatchResult:
     applied: bool
     message: str = ""
     changed: list[str] = field(default_factory=list)  # repo-relative paths the patch touched
-
-
-class TailBuffer:
-    """Keeps the last `cap` bytes written to it and counts all of them (for capped output)."""
-
-    def __init__(self, cap: int):
-        self.cap = cap
-        self.buf = bytearray()
-        self.total = 0
-
-    def write(self, data: bytes) -> None:
-        self.total += len(data)
-        self.buf += data
-        if len(self.buf) > 2 * self.cap:  # trim lazily: amortised O(1) per byte
-            del self.buf[: len(self.buf) - self.cap]
-
-    def text(self) -> str:
-        return bytes(self.buf[-self.cap:]).decode("utf-8", errors="replace")
-
-
-def drain(stream, sink: TailBuffer) -> threading.Thread:
-    """Read a pipe to EOF on a daemon thread into `sink`."""
-
-    def _run():
-        try:
-            while True:
-                chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
-                if not chunk:
-                    break
-                sink.write(chunk)
-        except (OSError, ValueError):
-            pass
-
-    t = threading.Thread(target=_run, daemon=True)
-    t.start()
-    return t
-
-
-# --- host-side helpers shared by the backends ---------------------------------------------------
-
-def sandbox_base_dir() -> Path:
-    """Where sandbox roots live on the host ($MINICODER_SANDBOX_DIR, default /var/tmp/minicoder-sandboxes-UID).
-
-    A folder of our own rather than the shared temp dir: the sandbox's unprivileged uid must be able
-    to traverse every parent of its root, so we keep that folder world-traversable (0755) and re-assert
-    it here, instead of depending on the mode of a shared /tmp that other software may change.
-    """
-    env = os.environ.get("MINICODER_SANDBOX_DIR")
-    if env:
-        d = Path(env)
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-    d = Path("/var/tmp" if os.path.isdir("/var/tmp") else tempfile.gettempdir()) / f"minicoder-sandboxes-{os.getuid()}"
-    d.mkdir(parents=True, exist_ok=True)
-    if stat.S_IMODE(d.stat().st_mode) != 0o755:
-        os.chmod(d, 0o755)
-    return d
-
-
-def new_root(base: Path | None = None) -> Path:
-    """A fresh host directory for one sandbox: <base>/minicoder-sb-<pid>-<random>/."""
-    base = base or sandbox_base_dir()
-    root = Path(tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-", dir=base))
-    os.chmod(root, 0o755)  # the sandbox uid must be able to traverse it for bind mounts
-    return root
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0
-
-
-def pick_uid() -> int:
-    """A host uid for one sandbox. Root: a random high uid nobody else uses; otherwise our own."""
-    if not is_root():
-        return os.getuid()
-    return random.randrange(1 << 20, 1 << 30)
-
-
-def chown_tree(path: Path, uid: int, gid: int) -> None:
-    if not is_root():
-        return
-    for dirpath, dirnames, filenames in os.walk(path):
-        os.lchown(dirpath, uid, gid)
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), uid, gid)
-
-
-def pids_of_uid(uid: int) -> list[int]:
-    """Host pids whose real uid is `uid` and that are alive (reads /proc; zombies are skipped)."""
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/status", "rb") as fh:
-                for line in fh:
-                    if line.startswith(b"State:") and b"Z" in line.split()[1]:
-                        break  # a zombie (exited, awaiting its parent's wait): nothing to kill
-                    if line.startswith(b"Uid:"):
-                        if int(line.split()[1]) == uid:
-                            out.append(int(entry.name))
-                        break
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return out
-
-
-def kill_uid(uid: int, rounds: int = 20) -> int:
-    """SIGKILL every process of host uid `uid` (never our own uid); returns how many were found."""
-    if uid in (0, os.getuid()):
-        return 0
-    seen: set[int] = set()
-    for _ in range(rounds):
-        pids = pids_of_uid(uid)
-        if not pids:
-            break
-        for pid in pids:
-            seen.add(pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.01)
-    return len(seen)
-
-
-def dir_size_mb(path: Path, stop_at_mb: float | None = None) -> float:
-    total = 0
-    for dirpath, _dirnames, filenames in os.walk(path):
-        for name in filenames:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except OSError:
-                continue
-        if stop_at_mb is not None and total > stop_at_mb * 2**20:
-            break
-    return total / 2**20
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a sandbox root, also when untrusted code left read-only dirs in it."""
-
-    root = os.path.realpath(path)
-
-    def _onerror(func, p, exc):
-        if isinstance(exc[1], FileNotFoundError):
-            return  # already gone (another process reaped the same stale root)
-        # Make the entry and its parent writable, but never touch anything at or above the root:
-        # chmod'ing the root's parent would change a shared folder such as /tmp.
-        try:
-            parent = os.path.realpath(os.path.dirname(p))
-            if parent == root or parent.startswith(root + os.sep):
-                os.chmod(parent, 0o700)
-            if os.path.realpath(p) != root:
-                os.chmod(p, 0o700)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=_onerror)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def reap_stale_roots(base: Path | None = None) -> int:
-    """Delete sandbox roots left by processes that died without closing them. Returns the count."""
-    base = base or sandbox_base_dir()
-    n = 0
-    for p in base.glob(f"{ROOT_PREFIX}*"):
-        try:
-            owner = int(p.name[len(ROOT_PREFIX):].split("-", 1)[0])
-        except ValueError:
-            continue
-        if owner != os.getpid() and not pid_alive(owner):
-            remove_tree(p)
-            n += 1
-    return n
 
 
 # --- the interface ------------------------------------------------------------------------------
@@ -343,6 +174,11 @@ class Sandbox(ABC):
     @abstractmethod
     def close(self) -> None:
         """Kill everything the sandbox started and delete its files. Idempotent."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether commands can still run (False once closed, or once the sandbox died under us)."""
+        return not self.closed and not getattr(self, "dead", False)
 
     def base_env(self) -> dict[str, str]:
         """The whole environment untrusted code sees: nothing of the host's leaks in."""

@@ -9,7 +9,8 @@
 
 Predictions are JSONL rows `{"instance_id": ..., "model_patch": ...}` (extra fields are ignored).
 Results are appended to `--out` one JSON line per instance *as each finishes* (flushed and synced),
-so a killed run loses nothing, and re-running skips instances already in `--out`. Ends with a
+so a killed run loses nothing, and re-running skips instances already in `--out` (the torn last line
+of a killed run is dropped; a damaged line elsewhere stops the run with its line number). Ends with a
 summary table (status counts, resolved rate, latency).
 
 `cleanup` removes what sandboxes left behind after a crash or a kill -9: every Docker container
@@ -105,16 +106,22 @@ def read_predictions(path: str) -> dict[str, str]:
 
 
 def finished_ids(path: str) -> set[str]:
-    """Instance ids already in a results file (a half-written last line is ignored)."""
+    """Instance ids already in a results file. Run `_repair_tail` first: a torn last line is a killed
+    run's and is dropped there; a damaged line anywhere else is an error that names it."""
+    from minicoder.errors import UserError
+
     done: set[str] = set()
     if not os.path.exists(path):
         return done
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue
+                raise UserError(f"{Path(path).name} line {lineno}: not valid JSON; fix or delete that line "
+                                "(the instance is then evaluated again)") from None
             if isinstance(row, dict) and "instance_id" in row:
                 done.add(row["instance_id"])
     return done
@@ -165,23 +172,24 @@ def run_eval(args) -> int:
         tasks = {t.instance_id: t for t in read_tasks(args.tasks)}
     except TaskFormatError as e:
         raise UserError(str(e)) from None
+    if not tasks:
+        raise UserError(f"--tasks {args.tasks}: no tasks")
     preds = read_predictions(args.predictions)
     unknown = sorted(set(preds) - set(tasks))
     if unknown:
         raise UserError(f"{len(unknown)} prediction(s) name no task in {args.tasks}, e.g. {unknown[0]!r}")
-    _repair_tail(args.out)
-    done = finished_ids(args.out)
-    todo = [i for i in preds if i not in done]
-    print(f"{len(preds)} predictions, {len(done & set(preds))} already in {args.out}, {len(todo)} to evaluate "
-          f"({args.backend} backend, {args.workers} worker(s))")
     if args.backend == "docker":
         try:
             from minicoder.sandbox.docker import client
 
             client()
         except SandboxError as e:
-            raise UserError(str(e)) from None
-
+            raise UserError(f"--backend docker: {e}") from None
+    _repair_tail(args.out)
+    done = finished_ids(args.out)
+    todo = [i for i in preds if i not in done]
+    print(f"{len(preds)} predictions, {len(done & set(preds))} already in {args.out}, {len(todo)} to evaluate "
+          f"({args.backend} backend, {args.workers} worker(s))")
     lock = threading.Lock()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     out = open(args.out, "a", encoding="utf-8")  # noqa: SIM115 -- kept open across threads, closed below

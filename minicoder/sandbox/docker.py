@@ -9,9 +9,11 @@ Every container is created with:
   `minicoder.owner=<host>:<pid>:<process start time>`.
 
 The warm pool (`ContainerPool`, one per image and limits): containers are created and started
-ahead of need by a background thread, handed out once, and removed after use (a container that
-ran untrusted code is never reused). Handing one out costs a dict pop, so the per-evaluation
-overhead is the `docker exec` itself plus filling the bind-mounted workspace on the host.
+ahead of need (up to one creation per core at a time; `ensure_size` lets a batch ask for one per
+worker), handed out once, and removed after use by two background threads (a container that ran
+untrusted code is never reused). Handing one out costs a dict pop, so the per-evaluation overhead
+is the `docker exec` itself plus filling the bind-mounted workspace on the host. (The faster path
+for batches is the warm runner, `warm.py`, which forks sandboxes inside one container instead.)
 
 Timeout: a run that passes `timeout_s` kills the whole container (everything in it dies; the
 sandbox is then spent). Output: the exec stream is drained on a thread that keeps only the last
@@ -19,7 +21,8 @@ sandbox is then spent). Output: the exec stream is drained on a thread that keep
 checked against the container's memory cgroup OOM counter (cgroup v1 or v2 on the host), falling
 back to "SIGKILL without timeout = OOM" where the counter is not readable.
 
-Leftovers: pools remove their containers at exit (atexit, so also after Ctrl-C). A process that
+Leftovers: pools remove their containers at exit (atexit, so also after Ctrl-C), including one the
+background filler is still creating (shutdown waits for it) and sandboxes never closed. A process that
 dies harder (SIGKILL, crash) leaves labelled containers whose owner is dead; `reap_dead_owners`
 removes them, and every new pool calls it first. `cleanup()` (the `minicoder cleanup` command)
 removes every container carrying the label.
@@ -42,26 +45,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from minicoder.sandbox.base import (
-    REPORT_DIR,
-    WORKSPACE,
-    ExecResult,
-    Limits,
-    Sandbox,
-    SandboxError,
-    TailBuffer,
-    chown_tree,
-    dir_size_mb,
-    new_root,
-    pid_alive,
-    remove_tree,
-)
+from minicoder.sandbox.base import REPORT_DIR, WORKSPACE, ExecResult, Limits, Sandbox, SandboxError
+from minicoder.sandbox.host import TailBuffer, chown_tree, dir_size_mb, new_root, pid_alive, remove_tree
 from minicoder.sandbox.workspace import fill_workspace
 
 LABEL = "minicoder"  # the same label images.py puts on everything minicoder makes
 OWNER_LABEL = "minicoder.owner"
 ROLE_LABEL = "minicoder.role"
 CONTAINER_UID = 1000  # `sandbox` in the base image
+REMOVERS = 2  # threads removing used containers (removal is slower than a small test run)
 
 
 def _proc_start_time(pid: int) -> str:
@@ -109,9 +101,11 @@ def client():
         return _client
 
 
-def labelled_containers(cl=None, role: str | None = None) -> list:
+def labelled_containers(cl=None, role: str | None = None, labels: dict[str, str] | None = None) -> list:
+    """Containers labelled minicoder=1 (and `role`, and every extra label in `labels`)."""
     cl = cl or client()
-    filters = {"label": [f"{LABEL}=1"] + ([f"{ROLE_LABEL}={role}"] if role else [])}
+    extra = [f"{k}={v}" for k, v in (labels or {}).items()]
+    filters = {"label": [f"{LABEL}=1"] + ([f"{ROLE_LABEL}={role}"] if role else []) + extra}
     # List ids first, then inspect each: a container removed in between (by a pool's background
     # removal, or another process's cleanup) is skipped instead of failing the whole listing, as
     # the SDK's containers.list(all=True) does.
@@ -131,22 +125,25 @@ def _remove(container) -> None:
         container.remove(force=True)
 
 
-def reap_dead_owners(cl=None) -> int:
-    """Remove labelled sandbox containers whose owning process is gone. Returns how many."""
+def reap_dead_owners(cl=None, labels: dict[str, str] | None = None) -> int:
+    """Remove labelled sandbox and warm-runner containers whose owning process is gone (`labels`: only
+    those that also carry these labels). Returns how many."""
     n = 0
-    for c in labelled_containers(cl, role="sandbox"):
-        tag = (c.labels or {}).get(OWNER_LABEL, "")
-        if not owner_alive(tag):
-            _remove(c)
-            n += 1
+    for role in ("sandbox", "warm"):
+        for c in labelled_containers(cl, role=role, labels=labels):
+            tag = (c.labels or {}).get(OWNER_LABEL, "")
+            if not owner_alive(tag):
+                _remove(c)
+                n += 1
     return n
 
 
-def cleanup(cl=None, dead_only: bool = False) -> int:
-    """Remove every container labelled minicoder=1 (or only those of dead owners). Returns how many."""
+def cleanup(cl=None, dead_only: bool = False, labels: dict[str, str] | None = None) -> int:
+    """Remove every container labelled minicoder=1 (or only those of dead owners; `labels`: only those
+    that also carry these labels, e.g. one test run's). Returns how many."""
     if dead_only:
-        return reap_dead_owners(cl)
-    cs = labelled_containers(cl)
+        return reap_dead_owners(cl, labels)
+    cs = labelled_containers(cl, labels=labels)
     for c in cs:
         _remove(c)
     return len(cs)
@@ -195,11 +192,19 @@ class ContainerPool:
         self.created = 0
         self.handed_out: list[str] = []  # ids of every container given to a sandbox (for audits)
         self.trash: queue.Queue = queue.Queue()
+        self.creating = 0  # containers being created by the filler right now
         self.thread = threading.Thread(target=self._fill, daemon=True, name=f"pool-{image}")
         self.thread.start()
-        threading.Thread(target=self._remover, daemon=True, name=f"pool-remover-{image}").start()
+        for i in range(REMOVERS):
+            threading.Thread(target=self._remover, daemon=True, name=f"pool-remover-{i}-{image}").start()
         self.want.set()
         atexit.register(self.shutdown)
+
+    def ensure_size(self, n: int) -> None:
+        """Keep at least `n` containers started ahead (e.g. one per worker of a batch)."""
+        if n > self.size:
+            self.size = n
+            self.want.set()
 
     def _create(self) -> _Slot:
         import docker
@@ -235,23 +240,34 @@ class ContainerPool:
         return slot
 
     def _fill(self) -> None:
+        """Top the pool up, creating up to one container per core at a time: one after the other,
+        a batch with more workers than the pool has ready containers waits on creation (the flat
+        throughput of the first measurements)."""
         while not self.stopped:
             self.want.wait(timeout=1.0)
             self.want.clear()
-            while not self.stopped and len(self.ready) < self.size:
-                try:
-                    slot = self._create()
-                except SandboxError:
-                    time.sleep(1.0)
-                    break
-                with self.lock:
-                    late = self.stopped
-                    if not late:
-                        self.ready.append(slot)
-                if late:  # shut down while this one was being created: do not leak it
-                    _remove(slot.container)
-                    remove_tree(slot.root)
-                    break
+            with self.lock:
+                deficit = self.size - len(self.ready) - self.creating
+                n = max(0, min(deficit, (os.cpu_count() or 1) - self.creating))
+                self.creating += n
+            for _ in range(n):
+                threading.Thread(target=self._create_one, daemon=True).start()
+
+    def _create_one(self) -> None:
+        try:
+            slot = self._create()
+        except SandboxError:
+            time.sleep(1.0)
+            slot = None
+        with self.lock:
+            self.creating -= 1
+            late = self.stopped
+            if slot is not None and not late:
+                self.ready.append(slot)
+        if slot is not None and late:  # shut down while this one was being created: do not leak it
+            _remove(slot.container)
+            remove_tree(slot.root)
+        self.want.set()
 
     def acquire(self) -> _Slot:
         if self.stopped:
@@ -292,6 +308,10 @@ class ContainerPool:
             return
         self.stopped = True
         self.want.set()
+        # A container the filler is creating right now must be in `live` before we collect it (at
+        # interpreter exit a daemon thread is frozen mid-call, and the engine would keep that container).
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout=2 * 60)
         self.flush()
         with self.lock:
             slots = list(self.live.values())

@@ -10,8 +10,10 @@ learn (network, fork bomb, memory, disk, infinite loop, sleeping, reading or wri
 editing tests, conftest/plugin/config tricks, fake "PASSED" output, early exits, killing its
 parent, leaving daemons behind, broken diffs). Several of them *also* contain the correct fix and
 only sabotage it when the isolation fails (e.g. "return a wrong mean if the network answers"), so
-the honest reward 1.0 is itself the proof that the isolation held. `expect` says what a correct
-sandbox must report.
+the honest reward 1.0 is itself the proof that the isolation held. The memory and disk attacks
+carry the correct fix too, so only a working limit can zero their reward (a broken quota or OOM
+detection would give 1.0), and their status is pinned (`oom`, `disk_limit`). `expect` says what a
+correct sandbox must report.
 """
 
 from __future__ import annotations
@@ -136,11 +138,14 @@ def hostile_patches(canary_file: str = "/nonexistent/canary", canary_env: str = 
         "        break\n"), fixed=True)}),
         1.0, ("resolved",), "forks until refused (children stay behind); correct fix otherwise")
     P["memory"] = HostilePatch(_patch({"calc/ops.py": _ops_with(
-        "    hog = []\n    while True:\n        hog.append(bytearray(16 * 2**20))\n")}),
-        0.0, ("oom", "unresolved", "no_report"), "allocates until out of memory")
+        "    hog = []\n"
+        "    for _ in range(64):  # 1 GiB, touched (b'x' * n writes every page), then the correct mean\n"
+        "        hog.append(b'x' * (16 * 2**20))\n"
+        "    del hog\n", fixed=True)}),
+        0.0, ("oom",), "allocates 1 GiB, then computes the correct mean: only the memory limit zeroes it")
     P["disk"] = HostilePatch(_patch({"calc/ops.py": _ops_with("", prelude=(
         "import os\n"
-        "for _i in range(100):\n"
+        "for _i in range(100):  # 100 files of up to 4 MiB (1 MiB each under the file-size limit)\n"
         "    try:\n"
         "        with open(f'fill_{_i}.bin', 'wb') as _f:\n"
         "            for _j in range(64):\n"
@@ -148,12 +153,12 @@ def hostile_patches(canary_file: str = "/nonexistent/canary", canary_env: str = 
         "    except OSError:\n"
         "        pass\n"
         "try:\n"
-        "    with open('/tmp/fill.bin', 'wb') as _f:\n"
-        "        while True:\n"
+        "    with open('/tmp/fill.bin', 'wb') as _f:  # then /tmp, up to 256 MiB\n"
+        "        for _j in range(256):\n"
         "            _f.write(b'x' * 2**20)\n"
         "except OSError:\n"
-        "    pass\n"))}),
-        0.0, ("disk_limit", "unresolved"), "fills the disk: many files in the workspace, then /tmp")
+        "    pass\n"), fixed=True)}),
+        0.0, ("disk_limit",), "fills the workspace and /tmp, then the correct fix: only the disk quota zeroes it")
     P["infinite_loop"] = HostilePatch(_patch({"calc/ops.py": _ops_with("    while True:\n        pass\n")}),
                                       0.0, ("timeout",), "loops forever")
     P["sleep"] = HostilePatch(_patch({"calc/ops.py": _ops_with("", prelude="import time\ntime.sleep(3600)\n")}),

@@ -56,6 +56,8 @@ from minicoder.sandbox.base import (
     Limits,
     Sandbox,
     SandboxError,
+)
+from minicoder.sandbox.host import (
     TailBuffer,
     chown_tree,
     dir_size_mb,
@@ -272,7 +274,7 @@ class BwrapSandbox(Sandbox):
     def _prlimit_argv(self, limits: Limits) -> list[str]:
         nproc = limits.pids
         if not is_root():  # RLIMIT_NPROC counts all our processes: allow ours plus the budget
-            from minicoder.sandbox.base import pids_of_uid
+            from minicoder.sandbox.host import pids_of_uid
 
             nproc += len(pids_of_uid(os.getuid())) + 8
         cpu = limits.cpu_time_s or int(2 * limits.timeout_s) + 1

@@ -51,14 +51,15 @@ from typing import Any
 
 from minicoder.gitdiff import patch_files
 from minicoder.record import PASSING, Task
-from minicoder.sandbox.base import REPORT_DIR, ExecResult, Limits, Sandbox, SandboxError
+from minicoder.sandbox.base import REPORT_DIR, DiskLimitError, ExecResult, Limits, Sandbox, SandboxError
 from minicoder.sandbox.junit import ReportError, parse_junit
 from minicoder.sandbox.patching import decode_patch, protect
 from minicoder.sandbox.status import Status
 
-RUNNER = r"""
+# What the test process imports before any workspace path is on sys.path. The warm runner (zygote.py)
+# runs this once at start-up, so each forked child finds pytest already imported.
+RUNNER_PRELUDE = r"""
 import os, sys, importlib
-report, args = sys.argv[1], sys.argv[2:]
 sys.dont_write_bytecode = True
 sys.pycache_prefix = "/tmp/.pycache"
 import pytest, _pytest.config
@@ -68,6 +69,10 @@ for _name in tuple(_pytest.config.default_plugins) + ("junitxml", "reports", "ru
     except Exception:
         pass
 import xml.etree.ElementTree, xml.sax.saxutils, json, re, platform, functools
+"""
+
+RUNNER = RUNNER_PRELUDE + r"""
+report, args = sys.argv[1], sys.argv[2:]
 
 
 class _NodeIds:
@@ -159,6 +164,12 @@ def pytest_args(task: Task) -> list[str]:
                      "command (`python -m pytest ...` or `pytest ...`); only pytest reports can be graded")
 
 
+# the runner's fixed pytest options (also what the warm runner's warm-up run uses)
+RUNNER_OPTIONS = ["-p", "no:cacheprovider", "-o", "junit_family=xunit1", "-o", "junit_logging=no", "-q",
+                  "--tb=short", "-W", "ignore::DeprecationWarning"]
+WARMUP_ARGS = RUNNER_OPTIONS
+
+
 def runner_argv(task: Task, test_ids: list[str], report_path: str) -> list[str]:
     return ["python3", "-I", "-c", RUNNER, report_path, *pytest_args(task), "-p", "no:cacheprovider",
             "-o", "junit_family=xunit1", "-o", "junit_logging=no", "--rootdir=/workspace", "-q",
@@ -173,22 +184,49 @@ def default_test_ids(task: Task) -> list[str]:
 
 # --- backends ----------------------------------------------------------------------------------
 
+RUNNERS = ("auto", "warm", "cold")
+
+
+def resolve_runner(backend: str | Sandbox, runner: str | None = None) -> str:
+    """"warm" (fork a sandbox from the warm runner, `warm.py`) or "cold" (a fresh interpreter per run).
+
+    `runner` None reads $MINICODER_SANDBOX_RUNNER (default "auto": warm where the host allows it,
+    i.e. a root Linux host, else cold). A caller's own Sandbox instance is always used as it is."""
+    if isinstance(backend, Sandbox):
+        return "warm" if getattr(backend, "warm", False) else "cold"
+    runner = runner or os.environ.get("MINICODER_SANDBOX_RUNNER") or "auto"
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown sandbox runner {runner!r}: expected one of {RUNNERS}")
+    if runner == "cold":
+        return "cold"
+    from minicoder.sandbox.warm import available
+
+    ok, why = available()
+    if runner == "warm" and not ok:
+        raise SandboxError(f"the warm runner is not available here: {why}")
+    return "warm" if ok else "cold"
+
+
 @contextlib.contextmanager
-def open_sandbox(backend: str | Sandbox, task: Task, limits: Limits):
+def open_sandbox(backend: str | Sandbox, task: Task, limits: Limits, runner: str | None = None):
     """A prepared-to-use sandbox for `task`: "local", "docker", or a caller's instance (not closed here)."""
     if isinstance(backend, Sandbox):
         yield backend
         return
-    if backend == "local":
+    if backend not in ("local", "docker"):
+        raise ValueError(f"unknown sandbox backend {backend!r}: expected 'local', 'docker' or a Sandbox")
+    if resolve_runner(backend, runner) == "warm":
+        from minicoder.sandbox.warm import WarmSandbox
+
+        sb = WarmSandbox(backend, limits, task=task)
+    elif backend == "local":
         from minicoder.sandbox.local import BwrapSandbox
 
         sb = BwrapSandbox(limits, packages=task.environment.python_packages)
-    elif backend == "docker":
+    else:
         from minicoder.sandbox.docker import acquire
 
         sb = acquire(task, limits)
-    else:
-        raise ValueError(f"unknown sandbox backend {backend!r}: expected 'local', 'docker' or a Sandbox")
     try:
         yield sb
     finally:
@@ -250,16 +288,55 @@ def _judge(tr: TestRun, res: ExecResult, data: bytes | None) -> None:
         tr.message = (tr.message + "; " if tr.message else "") + "MemoryError in the tests"
 
 
+def _tests_in_sandbox(sb: Sandbox, task: Task, text: str, ids: list[str], limits: Limits, tr: TestRun) -> None:
+    """Steps 1-5 of the module docstring in an open sandbox; fills `tr`."""
+    tr.backend = sb.backend
+    sb.prepare(task)
+    pr = sb.apply_patch(text)
+    tr.patch_applied = pr.applied
+    if not pr.applied:
+        tr.status, tr.message = Status.PATCH_FAILED, pr.message
+        return
+    try:
+        tr.dropped = protect(sb.workspace, pr.changed, task.test_patch, task.FAIL_TO_PASS + task.PASS_TO_PASS + ids)
+    except RuntimeError as e:
+        tr.status, tr.message = Status.ERROR, str(e)
+        return
+    try:
+        sb.finalize_workspace()
+    except DiskLimitError as e:  # the candidate's files alone are over the quota
+        tr.status, tr.message = Status.DISK_LIMIT, str(e)
+        return
+    for cmd in task.environment.setup:
+        res = sb.run(["/bin/sh", "-c", cmd], timeout_s=limits.timeout_s)
+        if not res.ok:
+            tr.exec = res
+            tr.status, tr.message = Status.SETUP_FAILED, f"setup command {cmd!r}: {res.summary()}"
+            return
+    name = secrets.token_hex(16) + ".xml"
+    argv = runner_argv(task, ids, f"{REPORT_DIR}/{name}")
+    if getattr(sb, "warm", False):  # the same code and arguments, in an interpreter that has pytest loaded
+        res = sb.run_python(RUNNER, argv[4:], timeout_s=limits.timeout_s)
+    else:
+        res = sb.run(argv, timeout_s=limits.timeout_s)
+    tr.exec = res
+    _judge(tr, res, _read_report(sb, name))
+
+
 def run_tests(task: Task, patch: str | bytes | None, test_ids: list[str] | None = None,
               backend: str | Sandbox = "local", timeout_s: float | None = None,
-              limits: Limits | None = None) -> TestRun:
+              limits: Limits | None = None, *, runner: str | None = None) -> TestRun:
     """Apply `patch` (None/"" = none) to a fresh workspace, then the hidden tests, and run `test_ids`
-    (default: the test_patch's test files, or the whole suite). Returns per-test outcomes."""
+    (default: the test_patch's test files, or the whole suite). Returns per-test outcomes.
+
+    `runner`: "warm" / "cold" / "auto" (see `resolve_runner`). A warm run whose zygote died under it
+    (never the candidate's doing: it cannot see the zygote) is re-run in a fresh sandbox."""
+    from minicoder.sandbox.warm import ZygoteDied
+
     t0 = time.perf_counter()
     limits = (limits or Limits(timeout_s=task.environment.timeout_s)).with_timeout(timeout_s)
     ids = list(test_ids) if test_ids is not None else default_test_ids(task)
-    argv_check = pytest_args(task)  # fail early and clearly on a non-pytest command
-    del argv_check
+    pytest_args(task)  # fail early and clearly on a non-pytest command
     tr = TestRun(status=Status.ERROR, test_ids=ids, backend=backend if isinstance(backend, str) else backend.backend)
     text, why = decode_patch(patch)
     if text is None:
@@ -267,32 +344,16 @@ def run_tests(task: Task, patch: str | bytes | None, test_ids: list[str] | None 
         tr.duration_s = time.perf_counter() - t0
         return tr
     try:
-        with open_sandbox(backend, task, limits) as sb:
-            tr.backend = sb.backend
-            sb.prepare(task)
-            pr = sb.apply_patch(text)
-            tr.patch_applied = pr.applied
-            if not pr.applied:
-                tr.status, tr.message = Status.PATCH_FAILED, pr.message
-                return tr
+        for attempt in range(3):
             try:
-                tr.dropped = protect(sb.workspace, pr.changed, task.test_patch,
-                                     task.FAIL_TO_PASS + task.PASS_TO_PASS + ids)
-            except RuntimeError as e:
-                tr.status, tr.message = Status.ERROR, str(e)
-                return tr
-            sb.finalize_workspace()
-            for cmd in task.environment.setup:
-                res = sb.run(["/bin/sh", "-c", cmd], timeout_s=limits.timeout_s)
-                if not res.ok:
-                    tr.exec = res
-                    tr.status, tr.message = Status.SETUP_FAILED, f"setup command {cmd!r}: {res.summary()}"
-                    return tr
-            name = secrets.token_hex(16) + ".xml"
-            res = sb.run(runner_argv(task, ids, f"{REPORT_DIR}/{name}"), timeout_s=limits.timeout_s)
-            tr.exec = res
-            _judge(tr, res, _read_report(sb, name))
-            return tr
+                with open_sandbox(backend, task, limits, runner) as sb:
+                    _tests_in_sandbox(sb, task, text, ids, limits, tr)
+                break
+            except ZygoteDied as e:
+                if attempt == 2:
+                    raise SandboxError(f"the warm runner kept dying: {e}") from e
+                tr = TestRun(status=Status.ERROR, test_ids=ids, backend=tr.backend)
+        return tr
     except SandboxError as e:
         tr.status, tr.message = Status.ERROR, f"sandbox failure: {e}"
         return tr
@@ -301,10 +362,10 @@ def run_tests(task: Task, patch: str | bytes | None, test_ids: list[str] | None 
 
 
 def evaluate(task: Task, patch: str | bytes | None, backend: str | Sandbox = "local",
-             timeout_s: float | None = None, limits: Limits | None = None) -> Reward:
+             timeout_s: float | None = None, limits: Limits | None = None, *, runner: str | None = None) -> Reward:
     """Reward 1.0 only when every FAIL_TO_PASS and PASS_TO_PASS test passed, else 0.0."""
     ids = list(dict.fromkeys(task.FAIL_TO_PASS + task.PASS_TO_PASS))
-    tr = run_tests(task, patch, ids, backend=backend, timeout_s=timeout_s, limits=limits)
+    tr = run_tests(task, patch, ids, backend=backend, timeout_s=timeout_s, limits=limits, runner=runner)
     tests = {i: tr.outcomes.get(i, "missing") for i in ids}
     n_pass = sum(o in PASSING for o in tests.values())
     trusted = tr.status == Status.OK
@@ -323,3 +384,48 @@ def evaluate(task: Task, patch: str | bytes | None, backend: str | Sandbox = "lo
         fraction=(n_pass / len(ids)) if (trusted and ids) else 0.0, status=status, tests=tests, exec=tr.exec,
         duration_s=tr.duration_s, message=message, patch_applied=tr.patch_applied, dropped=tr.dropped,
         backend=tr.backend)
+
+
+def evaluate_many(task: Task, patches: list[str | bytes | None], backend: str = "local", workers: int = 2,
+                  limits: Limits | None = None, timeout_s: float | None = None, *, runner: str | None = None,
+                  progress: bool = False) -> list[Reward]:
+    """Grade many candidates of one task (a GRPO group); the rewards come back in the patches' order.
+
+    What is shared across candidates is only what no candidate can touch: the task's base-commit
+    template (copied per candidate), the environment's runtime or image, and the warm runner's
+    interpreter (forked per candidate, never run in). Each candidate still gets a fresh sandbox of
+    its own -- workspace, namespaces, uid, /tmp -- exactly as `evaluate` gives it, so each reward is
+    the one `evaluate` would give that patch alone."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    patches = list(patches)
+    if not patches:
+        return []
+    from concurrent.futures import ThreadPoolExecutor
+
+    from minicoder.sandbox.workspace import template_for
+
+    template_for(task)  # build the base-commit template once, before the workers race for it
+    lim = limits or Limits(timeout_s=task.environment.timeout_s)
+    if not isinstance(backend, Sandbox) and resolve_runner(backend, runner) == "warm":
+        from minicoder.sandbox.warm import get_zygote
+
+        with contextlib.suppress(SandboxError):  # a failing start shows up per candidate, with its message
+            get_zygote(backend, task, lim).ensure()
+    elif backend == "docker":  # cold: one container started ahead per worker
+        from minicoder.sandbox.docker import get_pool, image_for
+
+        with contextlib.suppress(SandboxError):
+            get_pool(image_for(task), lim.with_timeout(timeout_s)).ensure_size(workers + 1)
+
+    def one(patch):
+        return evaluate(task, patch, backend=backend, timeout_s=timeout_s, limits=limits, runner=runner)
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(patches)), thread_name_prefix="evaluate") as ex:
+        futures = [ex.submit(one, p) for p in patches]
+        if progress:
+            from tqdm.auto import tqdm
+
+            for f in tqdm(futures, desc=f"evaluate {task.instance_id}", unit="eval"):
+                f.result()
+        return [f.result() for f in futures]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
@@ -87,18 +86,23 @@ def _check_common(args) -> None:
         raise UserError("--workers must be at least 1")
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
+    if args.backend == "docker":  # before any work: not one candidate later, as a sandbox failure
+        _need_docker()
 
 
 def _guard(fn):
-    """Turn a sandbox failure into one clean line (exit 2); the ledger keeps what finished."""
+    """Turn a sandbox failure or a damaged ledger into one clean line (exit 2); the ledger keeps what finished."""
 
     def wrapped(args) -> int:
+        from minicoder.record import TaskFormatError
         from minicoder.tasks.runner import SandboxFailure
 
         try:
             return fn(args)
         except SandboxFailure as e:
             raise UserError(f"the sandbox failed, stopping (rerun the same command to resume): {e}") from None
+        except TaskFormatError as e:  # e.g. a damaged line in the middle of the ledger (it names the line)
+            raise UserError(str(e)) from None
 
     return wrapped
 
@@ -201,8 +205,6 @@ def _validate(args) -> int:
         raise UserError(str(e)) from None
     if not tasks:
         raise UserError(f"{args.tasks}: no tasks")
-    if args.backend == "docker":
-        _need_docker()
     out = args.out or str(Path(args.tasks).with_suffix("")) + ".validated.jsonl"
     s = validate_file(tasks, out, backend=args.backend, repeats=args.repeats,
                       exploit_checks=not args.no_exploit_checks, workers=args.workers,
@@ -217,7 +219,11 @@ def _validate(args) -> int:
 
 
 def _need_docker() -> None:
+    """A clear error (exit 2) before any work when --backend docker has no engine to talk to."""
+    from minicoder.sandbox.base import SandboxError
+    from minicoder.sandbox.docker import client
+
     try:
-        subprocess.run(["docker", "info"], capture_output=True, timeout=20, check=True)
-    except (OSError, subprocess.SubprocessError):
-        raise UserError("--backend docker: no Docker engine answers (run `make docker`)") from None
+        client()
+    except SandboxError as e:
+        raise UserError(f"--backend docker: {e}") from None

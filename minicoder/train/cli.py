@@ -22,9 +22,12 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from minicoder.config import add_set_argument
+
     p = sub.add_parser("train", help="pretrain / mid-train on packed data (exact resume, torchrun + FSDP2)",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="toy", help="toy | small | full | path to an HF config.json (default toy)")
+    add_set_argument(p)
     p.add_argument("--data", default="stdlib", help="stdlib | humaneval | git:PATH | tasks:FILE (default stdlib)")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps of the run (default 200)")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (default runs/train)")
@@ -69,6 +72,7 @@ def _plan(args) -> int:
     from minicoder.train.distributed import format_plan, gpus_needed, memory_plan
 
     cfg = ModelConfig.from_preset(args.config) if args.config in PRESETS else ModelConfig.from_json(args.config)
+    cfg = cfg.replace(**args.model_overrides) if args.model_overrides else cfg
     n = args.gpus or gpus_needed(cfg, gpu_gib=args.gpu_gib, seq_len=args.seq_len)
     plan = memory_plan(cfg, n, seq_len=args.seq_len, gpu_gib=args.gpu_gib)
     print(f"memory plan for --config {args.config} (FSDP2, bf16 compute, fp32 AdamW, activation checkpointing):")
@@ -136,15 +140,21 @@ def _dataset(args, tok):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from minicoder.config import ConfigError
+    from minicoder.config import PRESETS, ConfigError, ModelConfig, parse_overrides
     from minicoder.train import checkpoint as ckpt
     from minicoder.train.distributed import init_distributed, shard_model
     from minicoder.train.stages import build_model
     from minicoder.train.trainer import TrainConfig, Trainer
 
-    if args.plan:
-        args.seq_len = args.seq_len or 4096
-        return _plan(args)
+    try:  # bad --set values fail here, before any tokenizer is trained
+        args.model_overrides = parse_overrides(getattr(args, "overrides", None))
+        if args.config in PRESETS:
+            ModelConfig.from_preset(args.config, **args.model_overrides)
+        if args.plan:
+            args.seq_len = args.seq_len or 4096
+            return _plan(args)
+    except ConfigError as e:
+        raise _err(str(e)) from None
     args.seq_len = args.seq_len or 256
     if not (args.data in ("stdlib", "humaneval") or args.data.startswith(("git:", "tasks:"))
             or args.data.endswith(".jsonl")):
@@ -167,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
             torch.distributed.barrier()
     ds = _dataset(args, tok)
     try:
-        model, mcfg = build_model(args.config, vocab_size=tok.vocab_size, seed=args.seed, device=str(device))
+        model, mcfg = build_model(args.config, vocab_size=tok.vocab_size, seed=args.seed, device=str(device),
+                                  **args.model_overrides)
     except (ConfigError, ValueError) as e:
         raise _err(str(e)) from None
     if args.init:

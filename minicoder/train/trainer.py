@@ -99,9 +99,12 @@ class Trainer:
 
     out_dir: where ``checkpoints/`` and ``metrics.jsonl`` go (None: nothing is written).
     dist: `DistInfo` from `distributed.init_distributed()` (None: one process).
+    dataset None (the RL stage): no sampler, no `train_step` / `fit`; the caller builds packed
+    micro-batches, runs `forward_packed`, backpropagates its own token-level loss and calls
+    `apply_gradients`; checkpoints and exact resume work as usual (`extra_state` carries its state).
     """
 
-    def __init__(self, model: nn.Module, dataset: PackedDataset, cfg: TrainConfig, out_dir: str | Path | None = None,
+    def __init__(self, model: nn.Module, dataset: PackedDataset | None, cfg: TrainConfig, out_dir: str | Path | None = None,
                  dist: DistInfo | None = None, model_config=None, extra_state: dict | None = None) -> None:
         self.model, self.data, self.cfg = model, dataset, cfg
         self.dist = dist or DistInfo()
@@ -111,7 +114,7 @@ class Trainer:
         self.device = model_device(model)
         self.optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
         self.schedule = WarmupCosine(cfg.lr, cfg.steps, min(cfg.warmup_steps, cfg.steps), cfg.min_lr_ratio)
-        self.sampler = RowSampler(len(dataset), seed=cfg.seed)
+        self.sampler = RowSampler(len(dataset), seed=cfg.seed) if dataset is not None else None
         self.step = 0
         mc = self.model_config
         self.aux_coef = cfg.aux_loss_coef if cfg.aux_loss_coef is not None else getattr(mc, "router_aux_loss_coef", 0.0)
@@ -133,6 +136,9 @@ class Trainer:
 
     # --- one step --------------------------------------------------------------------------------
     def _micro_batches(self) -> list:
+        if self.sampler is None:
+            raise RuntimeError("this Trainer has no dataset: build batches yourself and call forward_packed / "
+                               "apply_gradients")
         c, w = self.cfg, self.dist.world_size
         rows = self.sampler.take(w * c.grad_accum * c.rows)
         out = []
@@ -152,12 +158,16 @@ class Trainer:
             "targets": torch.from_numpy(b.labels.reshape(1, -1).astype(np.int64)).to(dev),
         }
 
+    def forward_packed(self, t: dict[str, torch.Tensor], tracker=None, compute_mtp: bool | None = None):
+        """The model on one packed micro-batch (input_ids / position_ids / cu_seqlens), bf16 autocast on CUDA."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            return self.forward(input_ids=t["input_ids"], position_ids=t["position_ids"], cu_seqlens=t["cu_seqlens"],
+                                load_tracker=tracker, compute_mtp=self.has_mtp if compute_mtp is None else compute_mtp)
+
     def _losses(self, t: dict[str, torch.Tensor], tracker) -> tuple[torch.Tensor, torch.Tensor, Any]:
         from minicoder.model.model import shift_targets
 
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.forward(input_ids=t["input_ids"], position_ids=t["position_ids"], cu_seqlens=t["cu_seqlens"],
-                               load_tracker=tracker, compute_mtp=self.has_mtp)
+        out = self.forward_packed(t, tracker)
         ce_sum = token_loss_sum(out.logits, t["targets"])
         mtp_sum = torch.zeros((), device=ce_sum.device)
         if self.has_mtp and out.mtp_logits is not None:
@@ -189,12 +199,7 @@ class Trainer:
             ce_tot += ce_sum.detach().double().cpu()
             mtp_tot += mtp_sum.detach().double().cpu()
             aux_tot += float(out.aux_loss.detach()) / c.grad_accum if out.aux_loss is not None else 0.0
-        grad_norm = self._clip()
-        lr = self.schedule(self.step)
-        set_lr(self.optimizer, lr)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
+        grad_norm, lr = self.apply_gradients()
         sums = all_reduce_sum(torch.tensor([ce_tot.item(), mtp_tot.item(), aux_tot]), self.dist).tolist()
         dt = time.perf_counter() - t0
         # a step whose batch has no loss-bearing token (e.g. only system prompts) has no loss: NaN, not 0
@@ -207,6 +212,17 @@ class Trainer:
             rec["aux_loss"] = sums[2] / w
             rec["expert_load"] = (tracker.load() / self.top_k).cpu().tolist()  # [layers, E], rows sum to 1
         return rec
+
+    def apply_gradients(self) -> tuple[float, float]:
+        """Clip the global grad norm, set this step's learning rate, AdamW step, zero the grads, count
+        the step. Returns (grad norm before clipping, learning rate). `train_step` and RL both end here."""
+        grad_norm = self._clip()
+        lr = self.schedule(self.step)
+        set_lr(self.optimizer, lr)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return grad_norm, lr
 
     def _clip(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -249,7 +265,7 @@ class Trainer:
             "model": model_sd,
             "optimizer": optim_sd,
             "rng": ckpt.capture_rng(),
-            "data": self.sampler.state_dict(),
+            "data": self.sampler.state_dict() if self.sampler is not None else None,
             "config": {"model": dataclasses.asdict(mc) if dataclasses.is_dataclass(mc) else None,
                        "train": self.cfg.to_dict()},
             "extra": self.extra_state,
@@ -269,7 +285,8 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         load_full_state_dicts(self.model, self.optimizer, state["model"], state["optimizer"], self.dist)
-        self.sampler.load_state_dict(state["data"])
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["data"])
         self.step = int(state["step"])
         ckpt.restore_rng(state["rng"])
 

@@ -1,0 +1,281 @@
+"""A procedurally generated task family a toy model can learn from: small functions, one injected bug.
+
+Each task is a repository of two files: a module with one small function (and, for some shapes, a
+helper) whose docstring states what it computes, and `test_visible.py`, a few checks the agent may
+run (`python test_visible.py` prints one line per check; the same file also runs under pytest).
+The hidden tests (`test_hidden.py`, in the task's `test_patch`) check more inputs and decide the
+reward. One bug is injected, of one of the kinds mutation testing uses:
+
+  operator     a binary operator replaced (`+` -> `-`, ...)
+  constant     an off-by-one constant (`* 3` -> `* 4`)
+  compare      a flipped comparison (`>` -> `<`)
+  swap_args    the arguments of a call swapped (`_h(a, b)` -> `_h(b, a)`)
+  return_var   the wrong variable returned (`return t` -> `return s`)
+
+The docstring is the specification (it says e.g. "Return (a + b) * 3."), so the fix follows from
+reading the code against it, and the visible tests show which behaviour is wrong.
+
+Splits ("train" / "heldout") differ in the functions and in the mutation parameters, not only in the
+seed: disjoint pools of function and variable names, disjoint constants, and different mutation
+tables (e.g. the off-by-one goes up in train and down in heldout; the operator and comparison swaps
+are different pairs). A model that memorised train functions or train mutations gains nothing on
+heldout; it has to have learned to read code against its docstring.
+
+Generation is deterministic in (split, seed, index). Every task is checked here by running the
+generated code in-process (it is ours, trusted): the gold function passes every visible and hidden
+check, the buggy one fails at least one of each, and no constant answer passes the hidden checks.
+The real check is `minicoder.tasks.validate.validate_task` in the sandbox (gold passes, empty fails,
+trivial patches fail), which the tests and the benchmark run.
+The task metadata keeps what the scripted warm-start policy needs (the buggy and the fixed line, a
+plausible wrong fix); it is never shown to the agent.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from minicoder.gitdiff import file_diff as make_diff
+from minicoder.record import Environment, Task
+
+KINDS = ("operator", "constant", "compare", "swap_args", "return_var")
+SPLITS = ("train", "heldout")
+VISIBLE_CMD = "python test_visible.py"
+
+_NAMES = {
+    "train": ["mix", "blend", "scale", "shift", "merge", "fold", "tally", "score", "weigh", "combine",
+              "adjust", "grow", "span", "stretch", "pack", "tilt", "lift", "spread", "sway", "morph"],
+    "heldout": ["warp", "fuse", "twist", "churn", "bend", "knit"],
+}
+_PARAMS = {
+    "train": [("a", "b"), ("x", "y"), ("p", "q"), ("i", "j"), ("n", "k"), ("lo", "hi"), ("left", "right"),
+              ("first", "second"), ("base", "step")],
+    "heldout": [("u", "v"), ("m", "w"), ("head", "tail")],
+}
+_LOCALS = {"train": ("s", "t", "r"), "heldout": ("d", "e", "g")}
+_HELPERS = {"train": ["_h", "_op", "_f", "_calc"], "heldout": ["_g", "_aux"]}
+_CONSTS = {"train": [2, 3, 4, 5], "heldout": [6, 7, 8]}
+# mutation parameters, per split
+_OP_SWAP = {"train": {"+": "-", "-": "+", "*": "+"}, "heldout": {"+": "*", "-": "*", "*": "-"}}
+_OFF_BY = {"train": +1, "heldout": -1}
+_CMP_FLIP = {"train": {">": "<", "<": ">"}, "heldout": {">": "<=", "<": ">="}}
+_OP_WORD = {"+": "plus", "-": "minus", "*": "times"}
+
+
+@dataclass
+class Program:
+    """One generated function: source lines, the buggy variant and what the scripted policy needs."""
+
+    name: str
+    params: tuple[str, str]
+    lines: list[str]  # the correct module source, line by line
+    bug_line: int  # index into lines of the line the bug changes
+    buggy: str  # the buggy version of that line
+    decoy: str  # a plausible but wrong fix of the buggy line (for retry trajectories)
+    kind: str
+    fn: Callable | None = None  # compiled correct function (in-process checks only)
+
+
+def _arith(rng: random.Random, split: str, name: str, ps: tuple[str, str], kind: str) -> Program | None:
+    a, b = ps
+    s, t, _ = _LOCALS[split]
+    op1, op2 = rng.choice("+-*"), rng.choice("+-*")
+    c = rng.choice(_CONSTS[split])
+    doc = f"Return ({a} {op1} {b}) {op2} {c}."
+    lines = [f"def {name}({a}, {b}):", f'    """{doc}"""', f"    {s} = {a} {op1} {b}", f"    {t} = {s} {op2} {c}",
+             f"    return {t}"]
+    if kind == "operator":
+        which = rng.choice([2, 3])
+        op = op1 if which == 2 else op2
+        new = _OP_SWAP[split][op]
+        buggy = lines[which].replace(f" {op} ", f" {new} ", 1)
+        other = next(o for o in "+-*" if o not in (op, new))
+        decoy = lines[which].replace(f" {op} ", f" {other} ", 1)
+        return Program(name, ps, lines, which, buggy, decoy, kind)
+    if kind == "constant":
+        wrong = c + _OFF_BY[split]
+        return Program(name, ps, lines, 3, f"    {t} = {s} {op2} {wrong}", f"    {t} = {s} {op2} {wrong + _OFF_BY[split]}",
+                       kind)
+    if kind == "return_var":
+        return Program(name, ps, lines, 4, f"    return {s}", f"    return {a}", kind)
+    return None
+
+
+def _pick(rng: random.Random, split: str, name: str, ps: tuple[str, str], kind: str) -> Program | None:
+    a, b = ps
+    m, r, _ = _LOCALS[split]
+    cmp = rng.choice("<>")
+    op = rng.choice("+-*")
+    c = rng.choice(_CONSTS[split])
+    which = "larger" if cmp == ">" else "smaller"
+    doc = f"Return the {which} of {a} and {b}, {_OP_WORD[op]} {c}."
+    lines = [f"def {name}({a}, {b}):", f'    """{doc}"""', f"    if {a} {cmp} {b}:", f"        {m} = {a}", "    else:",
+             f"        {m} = {b}", f"    {r} = {m} {op} {c}", f"    return {r}"]
+    if kind == "compare":
+        new = _CMP_FLIP[split][cmp]
+        return Program(name, ps, lines, 2, f"    if {a} {new} {b}:", f"    if {a} == {b}:", kind)
+    if kind == "constant":
+        wrong = c + _OFF_BY[split]
+        return Program(name, ps, lines, 6, f"    {r} = {m} {op} {wrong}", f"    {r} = {m} {op} {wrong + _OFF_BY[split]}",
+                       kind)
+    if kind == "operator":
+        new = _OP_SWAP[split][op]
+        other = next(o for o in "+-*" if o not in (op, new))
+        return Program(name, ps, lines, 6, f"    {r} = {m} {new} {c}", f"    {r} = {m} {other} {c}", kind)
+    if kind == "return_var":
+        return Program(name, ps, lines, 7, f"    return {m}", f"    return {a}", kind)
+    return None
+
+
+def _helper(rng: random.Random, split: str, name: str, ps: tuple[str, str], kind: str) -> Program | None:
+    a, b = ps
+    d, r, _ = _LOCALS[split]
+    h = rng.choice(_HELPERS[split])
+    k = rng.choice(_CONSTS[split])
+    op = rng.choice("+-*")
+    c = rng.choice(_CONSTS[split])
+    doc = f"Return {h}({a}, {b}) {op} {c}, where {h}(x, y) is x * {k} - y."
+    lines = [f"def {h}(x, y):", f"    return x * {k} - y", "", "", f"def {name}({a}, {b}):", f'    """{doc}"""',
+             f"    {d} = {h}({a}, {b})", f"    {r} = {d} {op} {c}", f"    return {r}"]
+    if kind == "swap_args":
+        return Program(name, ps, lines, 6, f"    {d} = {h}({b}, {a})", f"    {d} = {h}({a}, {a})", kind)
+    if kind == "constant":
+        wrong = k + _OFF_BY[split]
+        return Program(name, ps, lines, 1, f"    return x * {wrong} - y", f"    return x * {wrong + _OFF_BY[split]} - y",
+                       kind)
+    if kind == "operator":
+        new = _OP_SWAP[split][op]
+        other = next(o for o in "+-*" if o not in (op, new))
+        return Program(name, ps, lines, 7, f"    {r} = {d} {new} {c}", f"    {r} = {d} {other} {c}", kind)
+    if kind == "return_var":
+        return Program(name, ps, lines, 8, f"    return {d}", f"    return {a}", kind)
+    return None
+
+
+SHAPES = (_arith, _pick, _helper)
+
+
+def _source(lines: list[str]) -> str:
+    return "\n".join(lines) + "\n"
+
+
+def _compile(src: str, name: str) -> Callable:
+    ns: dict = {}
+    exec(compile(src, f"<toy {name}>", "exec"), ns)  # noqa: S102 -- our own generated code, never a model's
+    return ns[name]
+
+
+def _safe(fn: Callable, args: tuple) -> object:
+    try:
+        return fn(*args)
+    except Exception as e:  # the buggy variant may raise
+        return f"{type(e).__name__}"
+
+
+def _visible_file(module: str, name: str, cases: list[tuple[tuple[int, int], int]]) -> str:
+    return f'''"""Visible checks for `{name}` (run: python test_visible.py; pytest runs them too)."""
+from {module} import {name}
+
+CASES = {cases!r}
+
+
+def test_{name}():
+    for args, want in CASES:
+        assert {name}(*args) == want, f"{name}{{args}} returned {{{name}(*args)!r}}, expected {{want!r}}"
+
+
+if __name__ == "__main__":
+    failed = 0
+    for args, want in CASES:
+        try:
+            got = {name}(*args)
+        except Exception as e:
+            got = f"{{type(e).__name__}}: {{e}}"
+        ok = got == want
+        failed += not ok
+        print(f"{name}{{args}} == {{want!r}}: " + ("ok" if ok else f"FAILED, got {{got!r}}"))
+    print(f"{{len(CASES) - failed}} passed, {{failed}} failed")
+    raise SystemExit(1 if failed else 0)
+'''
+
+
+def _hidden_file(module: str, name: str, cases: list[tuple[tuple[int, int], int]]) -> str:
+    out = [f'"""Hidden tests for `{name}`."""', f"from {module} import {name}", ""]
+    for i, (args, want) in enumerate(cases):
+        out += ["", f"def test_case_{i}():", f"    assert {name}{args!r} == {want!r}"]
+    return "\n".join(out) + "\n"
+
+
+def make_task(split: str, seed: int, index: int) -> Task | None:
+    """Task number `index` of (split, seed), or None when the draw gives no checkable bug (rare)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rng = random.Random(f"toy:{split}:{seed}:{index}")
+    kind = KINDS[index % len(KINDS)]  # balanced bug kinds
+    shapes = {"compare": [_pick], "swap_args": [_helper]}.get(kind, list(SHAPES))
+    shape = rng.choice(shapes)
+    name = rng.choice(_NAMES[split]) + f"_{rng.randrange(100):02d}"
+    ps = rng.choice(_PARAMS[split])
+    prog = shape(rng, split, name, ps, kind)
+    if prog is None:
+        return None
+    gold = _source(prog.lines)
+    bug_lines = list(prog.lines)
+    bug_lines[prog.bug_line] = prog.buggy
+    buggy = _source(bug_lines)
+    if buggy == gold or prog.decoy in (prog.buggy, prog.lines[prog.bug_line]):
+        return None
+    if bug_lines.count(prog.buggy) != 1 or prog.lines.count(prog.decoy) != 0:
+        return None  # the scripted fix replaces the line by exact match: it must be unique
+    decoy_lines = list(prog.lines)
+    decoy_lines[prog.bug_line] = prog.decoy
+    f_gold, f_bug, f_decoy = (_compile(s, name) for s in (gold, buggy, _source(decoy_lines)))
+    pool = sorted({(rng.randrange(-3, 10), rng.randrange(-3, 10)) for _ in range(40)})
+    rng.shuffle(pool)
+    # visible: 3 checks, at least one the bug fails (and one the decoy fails); hidden: 6 more checks
+    fails = [p for p in pool if _safe(f_bug, p) != f_gold(*p)]
+    if not fails or not any(_safe(f_decoy, p) != f_gold(*p) for p in pool):
+        return None
+    visible = [fails[0]] + [p for p in pool if p != fails[0]][:2]
+    if all(_safe(f_decoy, p) == f_gold(*p) for p in visible):
+        visible[-1] = next(p for p in pool if _safe(f_decoy, p) != f_gold(*p) and p not in visible)
+    rest = [p for p in pool if p not in visible]
+    hidden = ([p for p in rest if _safe(f_bug, p) != f_gold(*p)][:2] + [p for p in rest if _safe(f_bug, p) == f_gold(*p)][:2])
+    hidden += [p for p in rest if p not in hidden][:6 - len(hidden)]
+    vis_cases = [(p, f_gold(*p)) for p in visible]
+    hid_cases = [(p, f_gold(*p)) for p in hidden]
+    if (not any(_safe(f_bug, p) != w for p, w in hid_cases) or len({w for _, w in hid_cases}) < 3
+            or any(all(w == k for _, w in hid_cases) for k in (0, True, False, None))):
+        return None
+    module = name
+    path = f"{module}.py"
+    files = {path: buggy, "test_visible.py": _visible_file(module, name, vis_cases)}
+    test_patch = make_diff("test_hidden.py", None, _hidden_file(module, name, hid_cases))
+    statement = (f"`{name}` in `{path}` does not do what its docstring says, and `test_visible.py` fails. "
+                 f"Find the bug and fix the code (not the tests), check it with the tests, then submit.")
+    return Task(
+        instance_id=f"toy__{split}__{seed}__{index:05d}", repo="minicoder/toy", base_commit="",
+        patch=make_diff(path, buggy, gold), test_patch=test_patch, problem_statement=statement,
+        FAIL_TO_PASS=[f"test_hidden.py::test_case_{i}" for i, (p, w) in enumerate(hid_cases) if _safe(f_bug, p) != w],
+        PASS_TO_PASS=[f"test_hidden.py::test_case_{i}" for i, (p, w) in enumerate(hid_cases) if _safe(f_bug, p) == w],
+        environment=Environment(files=files, test_cmd="python -m pytest", timeout_s=20.0),
+        source="mutation",
+        metadata={"family": "toy", "split": split, "kind": kind, "shape": shape.__name__.strip("_"), "path": path, "function": name, "visible_test_cmd": VISIBLE_CMD,
+                  "buggy_line": prog.buggy, "fixed_line": prog.lines[prog.bug_line], "decoy_line": prog.decoy,
+                  "visible_cases": [[list(p), w] for p, w in vis_cases]},
+    )
+
+
+def generate(split: str, n: int, seed: int = 0) -> list[Task]:
+    """`n` tasks of a split (deterministic in seed); draws that give no checkable bug are skipped."""
+    out: list[Task] = []
+    i = 0
+    while len(out) < n:
+        t = make_task(split, seed, i)
+        if t is not None:
+            out.append(t)
+        i += 1
+        if i > 20 * n + 100:
+            raise RuntimeError(f"the toy family gave only {len(out)} of {n} tasks for split {split!r}")
+    return out
