@@ -9,6 +9,16 @@ Steps (select with --steps; each writes its section of bench/results/synthesis.j
               the Docker backend, 2 workers: tasks/minute for each
   languages   JavaScript, Go, Rust: the shipped sets' pipeline (npm / Debian sources, tree-sitter
               mutants, validation, QA), one row per language (resumes the shipped ledgers)
+  real        real Python projects with their git history (`REAL_PROJECTS`): `synth git` over the
+              last 300 first-parent commits (merge PRs, squash PRs, commits), environments built
+              from each base commit's package metadata, validation, QA, on the local and the docker
+              backend: candidates per kind, environments built, validated tasks, drops per reason,
+              tasks/minute. The repositories are never committed: `--repos DIR` names a folder of
+              clones or bare snapshots (DIR/<owner>+<name>/repo, as the search tool's `fetch` leaves
+              them, or DIR/<name>), else they are cloned from GitHub; each is cloned afresh into
+              bench/results/tmp/synthesis/real/ and its commit and licence go into the JSON.
+              `--ship` writes the validated tasks to data/tasks/real/<name>.jsonl (naming the
+              public repository and its licence): the command that regenerates the shipped tasks.
 
 Runs are resumable (the pipelines' ledgers live in bench/results/tmp/synthesis/), so an interrupted
 benchmark continues; tasks/minute always counts only the candidates processed in this invocation.
@@ -155,6 +165,124 @@ def step_languages(args) -> dict:
         if rep.exists():
             out[lang]["shipped_run"] = {k: json.loads(rep.read_text()).get(k)
                                         for k in ("funnel", "rejections", "seconds", "tasks_per_minute", "kept_per_minute")}
+
+
+# --- real repositories ---------------------------------------------------------------------------
+
+REAL_PROJECTS = ("more-itertools/more-itertools", "pallets/click", "pytoolz/toolz")
+LICENCES = (("MIT", r"Permission is hereby granted, free of charge"), ("Apache-2.0", r"Apache License"),
+            ("BSD", r"Redistribution and use in source and binary forms"), ("PSF", r"PYTHON SOFTWARE FOUNDATION"))
+
+
+def licence_of(clone: Path) -> str:
+    """The licence family of a clone's LICENSE file (permissive ones only are recognised), or ''."""
+    import re
+
+    for f in sorted(clone.glob("LICEN[CS]E*")) + sorted(clone.glob("COPYING*")):
+        text = f.read_text(errors="replace")
+        for name, pat in LICENCES:
+            if re.search(pat, text, re.I):
+                if name == "BSD":
+                    return "BSD-3-Clause" if re.search(r"Neither the name|may not be used to endorse", text, re.I) else "BSD-2-Clause"
+                return name
+    return ""
+
+
+def real_clone(project: str, repos: Path | None) -> Path:
+    """A fresh working clone of `project` under WORK/real (from `repos` when it has it, else GitHub)."""
+    owner, name = project.split("/")
+    src = None
+    if repos is not None:
+        for cand in (repos / f"{owner}+{name}" / "repo", repos / name, repos / f"{owner}+{name}"):
+            if (cand / "HEAD").exists() or (cand / ".git").exists():
+                src = str(cand)
+                break
+    dest = WORK / "real" / name
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "clone", "-q", src or f"https://github.com/{project}.git", str(dest)], check=True)
+    return dest
+
+
+def step_real(args) -> dict:
+    """Mine each project on each backend. Every (backend, project) keeps its own results file
+    (`section_real_<backend>__<name>.json`), so backends and projects may run as separate, even
+    concurrent, invocations (each project has its own ledger too); a pure resume (nothing left to
+    process) keeps the file of the run that measured it."""
+    from minicoder.tasks.pipeline_git import synth_git
+
+    repos = Path(args.repos) if args.repos else None
+    for backend in [b for b in args.real_backends.split(",") if b]:
+        for project in [p for p in args.real_projects.split(",") if p]:
+            clone = real_clone(project, repos)
+            path = WORK / f"section_real_{backend}__{clone.name}.json"
+            head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True,
+                                  text=True).stdout.strip()
+            entry: dict = {"project": project, "commit": head, "licence": licence_of(clone),
+                           "source": f"https://github.com/{project}", "max_commits": args.real_commits,
+                           "workers": args.workers}
+            if backend == "docker":
+                try:
+                    import docker
+
+                    docker.from_env(timeout=10).ping()
+                except Exception as e:
+                    entry["skipped"] = f"{type(e).__name__}: {e}"
+                    path.write_text(json.dumps(entry, indent=2) + "\n")
+                    continue
+            load0 = _load()
+            s = synth_git(clone, WORK / f"real_{clone.name}_{backend}.jsonl", max_commits=args.real_commits,
+                          validate=True, backend=backend, workers=args.workers,
+                          command=f"bench real {project} {backend}",
+                          time_budget_s=args.real_minutes * 60 if args.real_minutes else None)
+            print(project, backend)
+            print(s.table())
+            entry.update(_section(s, load0))
+            entry["entries_done"] = s.funnel.get("candidates", 0)
+            entry["validated_per_minute"] = s.kept_per_minute
+            if s.processed or not path.exists():
+                path.write_text(json.dumps(entry, indent=2) + "\n")
+            if args.ship and backend == "local":
+                n = ship_real_tasks(project, clone, entry["licence"])
+                print(f"shipped {n} tasks of {project} to {SHIPPED.relative_to(ROOT)}/{clone.name}.jsonl")
+    return real_results()
+
+
+SHIPPED = ROOT / "data" / "tasks" / "real"
+PERMISSIVE = ("MIT", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause", "PSF")
+
+
+def ship_real_tasks(project: str, clone: Path, licence: str, backend: str = "local") -> int:
+    """Write the validated tasks of `project` (its `backend` run) to data/tasks/real/<name>.jsonl, each
+    naming the public repository (`repo_path` = its GitHub URL, `repo` = owner/name, SWE-bench style)
+    and its licence. Only permissive licences are shipped. Returns the number written."""
+    from minicoder.record import read_tasks, write_tasks
+
+    if licence not in PERMISSIVE:
+        print(f"{project}: licence {licence or 'unknown'!r} is not one we ship (MIT, Apache-2.0, BSD, PSF)")
+        return 0
+    src = WORK / f"real_{clone.name}_{backend}.jsonl"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
+    tasks = read_tasks(src)
+    for t in tasks:
+        t.repo = project
+        t.environment.repo_path = f"https://github.com/{project}.git"
+        t.metadata["licence"] = licence
+        t.metadata["mined_from"] = {"url": f"https://github.com/{project}", "head": head, "backend": backend,
+                                    "command": "python bench/synthesis.py --steps real --ship"}
+    SHIPPED.mkdir(parents=True, exist_ok=True)
+    return write_tasks(SHIPPED / f"{clone.name}.jsonl", tasks)
+
+
+def real_results() -> dict:
+    """The real-repository results of all backends: {"projects": {project: {commit, licence, backend: ...}}}."""
+    out: dict = {"projects": {}}
+    for path in sorted(WORK.glob("section_real_*__*.json")):
+        backend = path.stem.removeprefix("section_real_").split("__")[0]
+        e = json.loads(path.read_text())
+        head = {k: e[k] for k in ("commit", "licence", "source") if k in e}
+        out["projects"].setdefault(e["project"], head)[backend] = {
+            k: v for k, v in e.items() if k not in ("project", "commit", "licence", "source")}
     return out
 
 
@@ -166,13 +294,22 @@ def main() -> int:
     ap.add_argument("--package-mutants", type=int, default=20)
     ap.add_argument("--n-throughput", type=int, default=12)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repos", default=os.environ.get("MINICODER_REAL_REPOS"),
+                    help="folder of clones / bare snapshots of the real projects (default: clone from GitHub)")
+    ap.add_argument("--real-projects", default=",".join(REAL_PROJECTS), help="owner/name,... for the real step")
+    ap.add_argument("--real-commits", type=int, default=300, help="last N first-parent commits per project")
+    ap.add_argument("--real-backends", default="local,docker")
+    ap.add_argument("--real-minutes", type=float, default=None,
+                    help="real step: start no new commit after this many minutes per project (resumable)")
+    ap.add_argument("--ship", action="store_true",
+                    help="real step: write the validated local-backend tasks to data/tasks/real/ (permissive licences)")
     ap.add_argument("--fresh", action="store_true", help="delete the ledgers first (no resume)")
     args = ap.parse_args()
     if args.fresh and WORK.exists():
         shutil.rmtree(WORK)
     WORK.mkdir(parents=True, exist_ok=True)
     steps = {"humaneval": step_humaneval, "package": step_package, "throughput": step_throughput,
-             "languages": step_languages}
+             "languages": step_languages, "real": step_real}
     for name in [s for s in args.steps.split(",") if s]:
         section = steps[name](args)
         section["finished"] = datetime.now(UTC).replace(microsecond=0).isoformat()
@@ -180,8 +317,12 @@ def main() -> int:
                                         "package_mutants": args.package_mutants})
         # each step keeps its own file, so steps can run as separate (even concurrent) invocations
         (WORK / f"section_{name}.json").write_text(json.dumps(section, indent=2) + "\n")
-    results = {name: json.loads((WORK / f"section_{name}.json").read_text())
-               for name in steps if (WORK / f"section_{name}.json").exists()}
+    # sections not run here keep their committed results (each step may run on another day or machine)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update({name: json.loads((WORK / f"section_{name}.json").read_text())
+                    for name in steps if name != "real" and (WORK / f"section_{name}.json").exists()})
+    if list(WORK.glob("section_real_*__*.json")):
+        results["real"] = real_results()
     results["date"] = datetime.now(UTC).replace(microsecond=0).isoformat()
     results["machine"] = machine_info()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -206,12 +347,34 @@ def print_table(results: dict) -> None:
         f = run.get("funnel") or r["funnel"]
         print(f"{lang:<12}{f.get('candidates', 0):>12}{f.get('after execute', 0):>13}{f.get('after validate', 0):>11}"
               f"{f.get('after qa', 0):>10}{r['runs_per_candidate']:>11}{run.get('tasks_per_minute', r['tasks_per_minute']):>11}")
+    print_real(results.get("real"))
     t = results.get("throughput")
     if t:
         for b in ("local", "docker"):
             v = t.get(b, {})
             print(f"validate {b:<8}: " + (f"{v['tasks_per_minute']} tasks/min, {v['seconds_per_run']} s/run"
                                           if "tasks_per_minute" in v else v.get("skipped", "-")))
+
+
+
+def print_real(real: dict | None) -> None:
+    """The real-repository table: one row per project and backend."""
+    if not real:
+        return
+    print(f"\n{'project':<40}{'backend':<8}{'entries':>8}{'merge/squash/commit cand.':>27}{'envs':>6}"
+          f"{'validated':>10}{'after QA':>9}{'runs/cand':>10}{'cand/min':>9}{'tasks/min':>10}")
+    for project, e in real["projects"].items():
+        for b in ("local", "docker"):
+            r = e.get(b)
+            if not r or "funnel" not in r:
+                continue
+            k = r.get("per_kind", {})
+            kinds = "/".join(str(k.get(x, {}).get("candidates", 0)) for x in ("merge_pr", "squash_pr", "commit"))
+            f = r["funnel"]
+            print(f"{project + ' @' + e['commit'][:8]:<40}{b:<8}{f.get('candidates', 0):>8}{kinds:>27}"
+                  f"{r.get('environments', {}).get('built', 0):>6}{f.get('after validate', 0):>10}"
+                  f"{f.get('after qa', 0):>9}{r['runs_per_candidate']:>10}{r['tasks_per_minute']:>9}"
+                  f"{r['validated_per_minute']:>10}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@
 # This notebook builds that pipeline at toy scale with `minicoder.tasks`:
 #
 # 1. **mine git history**: a small repository with real commits -> the commits that fix a bug with a test;
+#    then **pull requests of a real project** (more-itertools), each with an environment built from
+#    its own package metadata;
 # 2. **mutate**: AST bug injection into HumanEval's canonical solutions -> validated bug-fix tasks;
 # 3. one task **end to end**: statement, gold patch, the failing and passing runs in the sandbox;
 # 4. the **yield funnel** (candidates -> validated -> after QA);
@@ -38,7 +40,7 @@ import os, subprocess, sys, tempfile, json
 from pathlib import Path
 import plotly
 import plotly.graph_objects as go
-from minicoder.tasks import mine_git, mutate, validate, qa, pipeline
+from minicoder.tasks import envbuild, mine_git, mine_pr, mutate, validate, qa, pipeline
 from minicoder.gitdiff import file_diff
 from minicoder.record import read_tasks
 from minicoder.data.corpus import humaneval_problems
@@ -82,7 +84,7 @@ commit({"tests/test_shop.py": (repo / "tests/test_shop.py").read_text() + "\n\nd
        "Test the empty basket")
 
 for c in mine_git.iter_commits(repo):
-    cand, reason = mine_git.classify_commit(repo, c)
+    cand, reason = mine_pr.classify_commit(repo, c)
     print(f"{c.sha[:8]}  {c.subject[:50]:<52} -> {'CANDIDATE' if cand else reason}")
 
 # %% [markdown]
@@ -93,7 +95,7 @@ for c in mine_git.iter_commits(repo):
 # tests and pytest's assertion lines — never the diff.
 
 # %%
-mined = [o for o in mine_git.mine(repo)]
+mined = [o for o in mine_pr.mine(repo)]
 for o in mined:
     print(o.candidate_id, "kept" if o.kept else f"rejected ({o.stage}): {o.reason}")
 task_git = next(o.task for o in mined if o.kept)
@@ -101,6 +103,95 @@ print("\nFAIL_TO_PASS:", task_git.FAIL_TO_PASS, "\nPASS_TO_PASS:", task_git.PASS
 print("\n--- problem statement ---\n" + task_git.problem_statement)
 assert task_git.FAIL_TO_PASS == ["tests/test_shop.py::test_discount_is_a_fraction"]
 assert task_git.PASS_TO_PASS == ["tests/test_shop.py::test_total"]
+
+# %% [markdown]
+# ### 1b · Pull requests of a real project
+#
+# On a real project, most changes arrive as **pull requests**, and the main branch's first-parent
+# chain shows each one in one of three shapes: a *merge commit* (its diff against its first parent is
+# the PR's whole change; the commits on its second parent are the PR's branch and carry its
+# messages), a *squash merge* (one commit whose subject ends in `(#N)`), or a *direct commit*. A miner
+# that skips merge commits finds almost nothing on a project like more-itertools, where nearly every
+# change is a merge. `mine_pr.classify_commit` classifies every first-parent entry by kind and by the
+# files it changes (source, tests, docs, CI, packaging, type stubs) and says why it is not a task.
+#
+# The notebook must run offline, so it cannot fetch a repository: it unpacks a **slice** shipped in
+# `data/repos/` - the last 12 first-parent commits of more-itertools (MIT licence), a shallow git
+# clone with its real commits and messages (see `data/repos/README.md`).
+
+# %%
+import tarfile
+real_dir = Path(tempfile.mkdtemp(prefix="nb08-real-"))
+with tarfile.open(ROOT / "data" / "repos" / "more-itertools-slice.tar.gz") as tf:
+    tf.extractall(real_dir, filter="data")
+real = real_dir / "more-itertools"
+N_REAL = 8 if CI else 11  # the slice's 12th commit is its shallow root (no parent to diff against)
+chain = list(mine_git.iter_commits(real, max_commits=N_REAL))
+real_cands = []
+for c in chain:
+    kind, pr = mine_pr.commit_kind(c)
+    cand, reason = mine_pr.classify_commit(real, c)
+    real_cands += [cand] if cand else []
+    title = mine_git.title_and_body(c)[0] or c.subject
+    print(f"{c.sha[:8]} {kind:<9} #{pr or '-':<5} {title[:48]:<50} -> {'CANDIDATE' if cand else reason}")
+
+# %% [markdown]
+# Each candidate needs an **environment**: the packages its tests import and the command that runs
+# them. `envbuild.infer` reads the repository's own metadata *at the base commit* (pyproject.toml,
+# setup.cfg, setup.py, requirements files, tox.ini, noxfile.py, CI workflows - parsed, never run),
+# and records what it took from where. `EnvBuilder` then resolves exact pins on the host, installs
+# them into an environment shared by every task with the same dependency set (a cached read-only
+# venv for the local sandbox, an image tagged by content hash for Docker), and checks it by running
+# the tests at the base commit.
+
+# %%
+spec = envbuild.infer(real, real_cands[0].base)
+print("requirements:", spec.requirements, "| left out:", spec.skipped)
+print("test command:", spec.command([])[0])
+for path, what in spec.evidence.items():
+    print(f"  {path}: {what}")
+
+# %% [markdown]
+# Now the whole pipeline (`minicoder synth git`): classify, build environments, run each candidate's
+# test files before and after the PR's change. Each PR's problem statement is its title and its
+# branch's commit messages plus the failing tests' assertion output (never the diff).
+
+# %%
+from minicoder.tasks.pipeline_git import synth_git
+real_out = real_dir / "tasks.jsonl"
+s_real = synth_git(real, real_out, max_commits=N_REAL, validate=False, workers=2, progress=False)
+print(s_real.table())
+real_tasks = read_tasks(real_out)
+t = real_tasks[0]
+print(f"\n{t.instance_id} ({t.metadata['kind']}, PR #{t.metadata.get('pr')}): FAIL_TO_PASS {t.FAIL_TO_PASS}, "
+      f"{len(t.PASS_TO_PASS)} PASS_TO_PASS")
+print("environment:", t.environment.test_cmd, "|", len(t.environment.python_packages), "pinned packages")
+print("\n--- problem statement ---\n" + t.problem_statement)
+assert real_tasks and all(x.metadata["kind"] == "merge_pr" for x in real_tasks)
+
+# %% [markdown]
+# The same pipeline over the last 300 first-parent commits of three real projects, with validation,
+# is `bench/synthesis.py --steps real` (its results are committed in `bench/results/synthesis.json`);
+# the validated tasks are shipped in `data/tasks/real/`. Where the entries went, per project:
+
+# %%
+bench_json = ROOT / "bench" / "results" / "synthesis.json"
+real_bench = json.loads(bench_json.read_text()).get("real") if bench_json.exists() else None
+if real_bench:
+    fig = go.Figure()
+    projects = list(real_bench["projects"])
+    stages = [("filter", "not a candidate"), ("environment", "no environment"), ("execute", "no FAIL_TO_PASS"),
+              ("validate", "failed validation"), ("qa", "dropped by QA")]
+    for stage, label in stages:
+        fig.add_bar(name=label, x=projects, y=[sum(real_bench["projects"][p].get("local", {}).get("rejections", {})
+                                                   .get(stage, {}).values()) for p in projects])
+    fig.add_bar(name="validated task", x=projects,
+                y=[real_bench["projects"][p].get("local", {}).get("funnel", {}).get("after qa", 0) for p in projects])
+    fig.update_layout(barmode="stack", title="300 first-parent commits per project: where they went (local backend)",
+                      yaxis_title="commits", height=380)
+    fig.show()
+else:
+    print("bench/results/synthesis.json has no real-repository section yet")
 
 # %% [markdown]
 # ## 2 · Bug injection by AST mutation

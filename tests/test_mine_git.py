@@ -18,13 +18,12 @@ from minicoder.tasks.mine_git import (
     LANGUAGES,
     MiningError,
     classify,
-    classify_commit,
     iter_commits,
-    mine,
     parse_go_log,
     parse_pytest_log,
     split_commit,
 )
+from minicoder.tasks.mine_pr import classify_commit, mine
 from minicoder.tasks.qa import run_qa
 
 ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",

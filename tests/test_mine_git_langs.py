@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from minicoder.tasks.mine_git import LANGUAGES, mine
+from minicoder.tasks.mine_git import LANGUAGES
+from minicoder.tasks.mine_pr import mine
 
 ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
        "GIT_COMMITTER_EMAIL": "t@x", "GIT_CONFIG_NOSYSTEM": "1"}

@@ -449,11 +449,12 @@ class DockerSandbox(Sandbox):
 
 
 def image_for(task) -> str:
-    """The image a task's tests run in: its per-repository image when it needs packages, else its image."""
+    """The image a task's tests run in: its image with its packages added when it needs packages (one
+    image per dependency set, shared by all tasks that need the same packages), else its image."""
     if task.environment.python_packages:
-        from minicoder.sandbox.repo_image import ensure_repo_image
+        from minicoder.sandbox.repo_image import ensure_deps_image
 
-        return ensure_repo_image(task)
+        return ensure_deps_image(task.environment.python_packages, task.environment.image)
     if getattr(task, "language", "python") != "python":  # JavaScript, Go, Rust: built on first use
         from minicoder.sandbox.lang_images import ensure_for_task
 

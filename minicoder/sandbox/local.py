@@ -132,10 +132,14 @@ def wheelhouse() -> Path:
 
 
 def runner_requirements(packages: list[str]) -> list[str]:
-    """pytest (the host's version, so both ends agree on report formats) + the task's packages."""
+    """pytest (the host's version, so both ends agree on report formats, unless the task pins its
+    own, as mined tasks do) + the task's packages."""
+    import re
+
     import pytest
 
-    return [f"pytest=={pytest.__version__}", *sorted(set(packages))]
+    own = any(re.match(r"^pytest\s*(==|$|\[|;)", p.strip().lower()) for p in packages)
+    return [*([] if own else [f"pytest=={pytest.__version__}"]), *sorted(set(packages))]
 
 
 def download_wheels(reqs: list[str], python_version: str) -> None:

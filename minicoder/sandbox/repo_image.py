@@ -1,6 +1,14 @@
-"""Per-repository task images: the base image + a repository's dependencies + its base-commit tree.
+"""Task images: the base image + a dependency set (+ a repository's base-commit tree).
 
+    tag = ensure_deps_image(["six==1.16.0"])  # e.g. "minicoder/deps:5be1c0a2d4f3": what evaluations use
     tag = ensure_repo_image(task)        # e.g. "minicoder/env-minicoder-calc:3f2a9c01b7de"
+
+`ensure_deps_image` (from `envs/repo/Dockerfile.deps`) holds only the packages: its tag is a
+content hash of the template, the base image's id and the requirements, so every task with the
+same dependency set shares one image, whatever its repository or commit. The docker backend runs
+tasks that name `python_packages` in it (the workspace is bind-mounted, so the image needs no
+repository tree). `ensure_repo_image` adds the base-commit tree at /testbed, for agents and for
+running an image by hand.
 
 Built from `envs/repo/Dockerfile.template` with the helpers of `images.py` (owned by the engine
 stage): the tag is a content hash of the template, the base image's id, the requirements and the
@@ -22,10 +30,11 @@ import threading
 from pathlib import Path
 
 from minicoder.gitdiff import materialize_repo
-from minicoder.record import Task
+from minicoder.record import DEFAULT_IMAGE, Task
 from minicoder.sandbox.base import SandboxError
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "envs" / "repo" / "Dockerfile.template"
+DEPS_TEMPLATE = TEMPLATE.with_name("Dockerfile.deps")
 _lock = threading.Lock()
 
 
@@ -47,6 +56,40 @@ def _download(reqs: list[str], dest: Path) -> None:
     proc = subprocess.run([*base, "--no-index", "-d", str(dest), *reqs], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SandboxError(f"could not collect wheels for {reqs}: {proc.stderr.strip()[-400:]}")
+
+
+def ensure_deps_image(packages: list[str], base: str = DEFAULT_IMAGE, client=None, log=None) -> str:
+    """The image with `packages` installed on `base` (built when missing). Returns its tag."""
+    from minicoder.sandbox import images
+
+    if client is None:
+        from minicoder.sandbox.docker import client as docker_client
+
+        client = docker_client()
+    try:
+        base_id = client.images.get(base).id
+    except Exception as e:
+        raise SandboxError(f"base image {base} is missing ({e}); run `make docker`") from e
+    reqs = sorted(set(packages))
+    tag = images.hashed_tag("minicoder/deps", DEPS_TEMPLATE, base_id, "\n".join(reqs))
+    if images.image_exists(client, tag):
+        return tag
+    with _lock, tempfile.TemporaryDirectory(prefix="minicoder-deps-image-") as tmp:
+        if images.image_exists(client, tag):
+            return tag
+        ctx = Path(tmp)
+        (ctx / "wheels").mkdir()
+        if reqs:
+            _download(reqs, ctx / "wheels")
+        (ctx / "wheels" / ".keep").write_text("")
+        (ctx / "requirements.txt").write_text("".join(r + "\n" for r in reqs))
+        (ctx / "Dockerfile").write_text(DEPS_TEMPLATE.read_text())
+        try:
+            return images.build_from_dockerfile(client, tag, context=ctx, buildargs={"BASE": base},
+                                                labels={"minicoder.requirements": images.content_hash("\n".join(reqs))},
+                                                network_mode="none", rebuild=True, log=log)
+        except images.ImageBuildError as e:
+            raise SandboxError(str(e)) from e
 
 
 def ensure_repo_image(task: Task, client=None, rebuild: bool = False, log=None) -> str:

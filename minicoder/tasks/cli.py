@@ -1,6 +1,7 @@
 """`minicoder synth git|mutate` and `minicoder validate`: the task-synthesis stage on the command line.
 
     minicoder synth git --repo PATH --out tasks.jsonl [--validate] [--test-scope changed|all]
+                        [--max-commits N] [--no-env] [--later-tests] [--find-links DIR]
     minicoder synth mutate --source humaneval|PATH --out tasks.jsonl [--limit N] [--validate]
     minicoder synth security --out tasks.jsonl [--per-class 24] [--classes sql_injection,...]
     minicoder validate --tasks tasks.jsonl --backend local|docker [--out validated.jsonl]
@@ -36,13 +37,24 @@ def add_synth_parser(subparsers) -> None:
                               description="Synthesise verifiable SWE tasks; see minicoder/tasks/.")
     sub = p.add_subparsers(dest="synth_command", metavar="SOURCE", required=True)
 
-    g = sub.add_parser("git", help="mine a local git repository's history")
+    g = sub.add_parser("git", help="mine a local git repository's history (pull requests and commits)",
+                       description="Mine the first-parent history: merge-commit PRs, squash-merged PRs and plain "
+                                   "commits that change source and tests; each base commit gets an environment "
+                                   "built from the repository's package metadata (see minicoder/tasks/envbuild.py).")
     g.add_argument("--repo", required=True, help="path of a local git repository")
     g.add_argument("--rev", default="HEAD", help="revision whose first-parent history is mined (default HEAD)")
     g.add_argument("--max-commits", type=int, default=None, help="only the last N commits")
     g.add_argument("--test-scope", choices=("changed", "all"), default="changed",
                    help="run only the commit's test files (default) or the whole suite")
     g.add_argument("--inline", action="store_true", help="store each task's repository inline (self-contained)")
+    g.add_argument("--no-env", action="store_true",
+                   help="do not build environments from the package metadata (no packages, plain pytest)")
+    g.add_argument("--later-tests", action="store_true",
+                   help="a change without tests may use the tests of a later commit (marked in metadata; off by default)")
+    g.add_argument("--later-window", type=int, default=20,
+                   help="how many later first-parent commits --later-tests looks through (default 20)")
+    g.add_argument("--find-links", action="append", default=[], metavar="DIR",
+                   help="extra folder of wheels for requirements no index has (repeatable)")
     g.add_argument("--validate", action="store_true", help="validate kept tasks (repeats, exploit checks)")
     _common(g)
     g.set_defaults(func=_guard(_synth_git))
@@ -107,17 +119,27 @@ def _print(summary) -> None:
 
 def _synth_git(args) -> int:
     from minicoder.tasks.mine_git import MiningError
-    from minicoder.tasks.pipeline import synth_git
+    from minicoder.tasks.pipeline_git import synth_git
 
     _check_common(args)
     repo = Path(args.repo)
     if not repo.is_dir():
         raise UserError(f"--repo {repo}: no such directory")
+    if args.max_commits is not None and args.max_commits < 1:
+        raise UserError("--max-commits must be at least 1")
+    if args.later_window < 1:
+        raise UserError("--later-window must be at least 1")
+    for d in args.find_links:
+        if not Path(d).is_dir():
+            raise UserError(f"--find-links {d}: no such directory")
+    if args.backend == "docker":
+        _need_docker()
     try:
         s = synth_git(repo, args.out, rev=args.rev, max_commits=args.max_commits, test_scope=args.test_scope,
                       inline=args.inline, validate=args.validate, backend=args.backend, repeats=args.repeats,
                       exploit_checks=not args.no_exploit_checks, workers=args.workers,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, build_env=not args.no_env, later_tests=args.later_tests,
+                      later_window=args.later_window, find_links=[str(Path(d).resolve()) for d in args.find_links])
     except MiningError as e:
         raise UserError(str(e)) from None
     _print(s)

@@ -1,19 +1,21 @@
-"""Tasks from real git history: commits that change source and tests together, verified by running.
+"""Tasks from real git history: a change that fixes source and adds tests, verified by running.
 
-The SWE-bench recipe, applied to any local repository:
-  1. walk the first-parent history; keep non-merge commits that touch both source and test files
-     of a language we can run (a refactor with no test change, or a test-only change, is no task);
-  2. split the commit's diff: test files -> `test_patch` (the hidden tests), everything else ->
-     `patch` (the gold fix); the environment is the repository at the parent commit;
-  3. run the tests in the sandbox twice, both times with the test patch: without the fix (before)
+The SWE-bench recipe, applied to any local repository (which history entries are candidates -
+pull requests merged with a merge commit, squash-merged PRs, plain commits - is decided in
+`mine_pr.py`; this module turns one candidate into a task):
+  1. split the candidate's diff against its base (the first parent): test files -> `test_patch`
+     (the hidden tests), everything else -> `patch` (the gold fix); the environment is the
+     repository at the base commit (its packages and test command come from `envbuild.py`);
+  2. run the tests in the sandbox twice, both times with the test patch: without the fix (before)
      and with it (after). FAIL_TO_PASS = tests that pass after and not before (a test missing from
-     a report counts as failed); PASS_TO_PASS = tests that pass both times. A commit with no
+     a report counts as failed); PASS_TO_PASS = tests that pass both times. A candidate with no
      FAIL_TO_PASS test is dropped with its reason;
-  4. the problem statement is the commit message plus the failing tests and their assertion output
-     (the `E ...` lines of pytest) - never the diff.
+  3. the problem statement is the PR's title and messages (merge message, its branch's commit
+     messages) plus the failing tests and their assertion output (the `E ...` lines of pytest) -
+     never the diff.
 
-By default only the test files the commit touches are run (as SWE-bench does); `test_scope="all"`
-runs the whole suite, for complete PASS_TO_PASS lists on small repositories.
+By default only the test files the candidate touches are run (as SWE-bench does);
+`test_scope="all"` runs the whole suite, for complete PASS_TO_PASS lists on small repositories.
 
 Languages are a table (`LANGUAGES`, in `sandbox/languages.py` with the graders that use it): which
 files are sources, which are tests, the test command and image. Python, JavaScript (node:test or
@@ -25,8 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +54,12 @@ class MiningError(ValueError):
     """The repository cannot be mined (not a git repository, bad revision, ...)."""
 
 
+def is_test_module(path: str) -> bool:
+    """A file pytest collects by default (`test_*.py`, `*_test.py`): what a candidate's tests run."""
+    name = PurePosixPath(path).name
+    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
+
+
 # --- git ----------------------------------------------------------------------------------------
 
 def _git(repo: Path, *args: str) -> str:
@@ -70,14 +80,27 @@ class Commit:
 
 @dataclass
 class Candidate:
-    """A commit that changes source and tests of one language, split into fix and tests."""
+    """A history entry (PR or commit) that changes source and tests of one language.
+
+    The change is `diff(base, commit.sha)`: for a merge commit `base` is its first parent, so the
+    diff is the pull request's whole change. `tests_rev` is the commit whose test files are used
+    (the candidate itself, or a later commit under the later-tests option of `mine_pr`).
+    """
 
     commit: Commit
     language: str
     source_files: list[str]
     test_files: list[str]
     other_files: list[str] = field(default_factory=list)  # docs, config: go with the fix
-    deleted: list[str] = field(default_factory=list)  # files the commit deletes
+    deleted: list[str] = field(default_factory=list)  # files the change deletes
+    kind: str = "commit"  # merge_pr | squash_pr | commit (see mine_pr.KINDS)
+    pr: int | None = None  # the pull request number when the history names it
+    messages: list[Commit] = field(default_factory=list)  # a merged PR's branch commits, oldest first
+    tests_rev: str = ""  # commit the test files come from ("" = the candidate itself)
+
+    @property
+    def base(self) -> str:
+        return self.commit.parents[0]
 
 
 def iter_commits(repo: str | os.PathLike, rev: str = "HEAD", max_commits: int | None = None) -> Iterator[Commit]:
@@ -108,49 +131,13 @@ def _git_dir(repo: Path) -> str | None:
     return proc.stdout.decode().strip() if proc.returncode == 0 else None
 
 
-def classify_commit(repo: str | os.PathLike, commit: Commit) -> tuple[Candidate | None, str]:
-    """(candidate, "") for a commit that changes source and tests together, else (None, reason)."""
-    repo = Path(repo)
-    if not commit.parents:
-        return None, "root commit (no parent to start from)"
-    if len(commit.parents) > 1:
-        return None, "merge commit"
-    status = [ln.split("\t", 1) for ln in
-              _git(repo, "diff", "--name-status", "--no-renames", commit.parents[0], commit.sha).splitlines()]
-    names = [p for _, p in status]
-    deleted = sorted(p for st, p in status if st.startswith("D"))
-    by_lang: dict[str, tuple[list[str], list[str]]] = {}
-    other: list[str] = []
-    for p in names:
-        lang, is_test = classify(p)
-        if lang is None:
-            other.append(p)
-            continue
-        src, tests = by_lang.setdefault(lang, ([], []))
-        (tests if is_test else src).append(p)
-    both = [lang for lang, (s, t) in by_lang.items() if s and t]
-    if not both:
-        if any(t for _, t in by_lang.values()) and not any(s for s, _ in by_lang.values()):
-            return None, "changes tests only"
-        if any(s for s, _ in by_lang.values()):
-            return None, "changes source without tests"
-        return None, "no source or test files of a known language"
-    lang = both[0]
-    if not LANGUAGES[lang].runnable:
-        return None, f"language '{lang}' has no test runner in the sandbox yet"
-    src, tests = by_lang[lang]
-    rest = [p for other_lang, (s, t) in by_lang.items() if other_lang != lang for p in s + t]
-    return Candidate(commit, lang, sorted(src), sorted(tests), sorted(other + rest), deleted), ""
-
-
 def split_commit(repo: str | os.PathLike, cand: Candidate) -> tuple[str, str]:
-    """(fix patch, test patch) of a candidate commit, both against its parent."""
+    """(fix patch, test patch) of a candidate, both against its base (the first parent)."""
     repo = Path(repo)
-    parent, sha = cand.commit.parents[0], cand.commit.sha
+    diff = ["diff", "--no-color", "--no-renames", "--no-ext-diff", "--binary", cand.base]
     fix_paths = cand.source_files + cand.other_files
-    base = ["diff", "--no-color", "--no-renames", "--no-ext-diff", "--binary", parent, sha, "--"]
-    fix = _git(repo, *base, *fix_paths) if fix_paths else ""
-    tests = _git(repo, *base, *cand.test_files)
+    fix = _git(repo, *diff, cand.commit.sha, "--", *fix_paths) if fix_paths else ""
+    tests = _git(repo, *diff, cand.tests_rev or cand.commit.sha, "--", *cand.test_files)
     return fix, tests
 
 
@@ -162,11 +149,40 @@ def failure_excerpt(log: str, max_lines: int = 15) -> str:
     return "\n".join(lines[:max_lines])
 
 
-def problem_statement(commit: Commit, failing: list[str], log: str = "",
+_PR_SUBJECT = re.compile(r"^Merge (pull request #\d+ from \S+|branch '[^']*'( into \S+)?|remote-tracking branch .*)$")
+
+
+def title_and_body(c: Commit) -> tuple[str, str]:
+    """(title, body) of a history entry: a GitHub merge's title is the first line of its body."""
+    subject, body = c.subject.strip(), c.body.strip()
+    if _PR_SUBJECT.match(subject):
+        first, _, rest = body.partition("\n")
+        return first.strip(), rest.strip()
+    return subject, body
+
+
+def problem_statement(cand: Candidate | Commit, failing: list[str], log: str = "",
                       messages: dict[str, str] | None = None) -> str:
-    parts = [commit.subject.strip()]
-    if commit.body:
-        parts += ["", commit.body.strip()]
+    """What the agent is told: the PR's messages and the failing tests' output, never the diff."""
+    commit = cand.commit if isinstance(cand, Candidate) else cand
+    branch = cand.messages if isinstance(cand, Candidate) else []
+    title, body = title_and_body(commit)
+    if not title and branch:  # "Merge branch 'x'" with no text of its own: the branch's first commit
+        title, body = branch[0].subject.strip(), branch[0].body.strip()
+        branch = branch[1:]
+    parts = [title]
+    if body:
+        parts += ["", body]
+    seen = {title}
+    lines = []
+    for c in branch:
+        if c.subject.strip() in seen:
+            continue
+        seen.add(c.subject.strip())
+        lines.append(f"- {c.subject.strip()}")
+        lines += [f"  {ln}".rstrip() for ln in c.body.strip().splitlines()]
+    if lines:
+        parts += ["", "Commits in this change:", *lines]
     parts += ["", "These tests fail now and should pass once the problem is fixed:"]
     parts += [f"- `{t}`" for t in failing[:10]]
     if len(failing) > 10:
@@ -188,8 +204,9 @@ class MinedOutcome:
     kept: bool
     reason: str = ""
     task: Task | None = None
-    stage: str = "filter"  # filter (static, no execution) | execute
+    stage: str = "filter"  # filter (static, no execution) | environment | execute
     seconds: float = 0.0
+    prior: dict[str, list] = field(default_factory=dict)  # {"empty": [Run], "gold": [Run]}: reusable as repeats
 
 
 def repo_name(repo: str | os.PathLike) -> str:
@@ -200,42 +217,67 @@ def instance_id(repo: str | os.PathLike, sha: str) -> str:
     return f"{repo_name(repo)}__{sha[:12]}"
 
 
-def build_task(repo: str | os.PathLike, cand: Candidate, *, inline: bool = False) -> Task:
-    """The unverified task of a candidate commit (FAIL_TO_PASS still to be found by running)."""
+def build_task(repo: str | os.PathLike, cand: Candidate, *, inline: bool = False, env: Any = None) -> Task:
+    """The unverified task of a candidate (FAIL_TO_PASS still to be found by running).
+
+    `env`: what `envbuild` inferred for the base commit (anything with `apply(task)`); without it
+    the task gets the default environment (no packages, `python -m pytest`).
+    """
     repo = Path(repo).resolve()
     fix, tests = split_commit(repo, cand)
     lang = LANGUAGES[cand.language]
-    parent = cand.commit.parents[0]
+    parent = cand.base
     pkg = run_git(repo, "show", f"{parent}:package.json") if lang.name == "javascript" else None
     test_cmd = test_cmd_for(lang.name, pkg.stdout.decode(errors="replace") if pkg and pkg.returncode == 0 else None)
     if inline:
-        probe = Task(instance_id="probe", repo=repo.name, base_commit=parent, patch="", test_patch="",
+        probe = Task(instance_id="probe", repo=repo.name, base_commit=cand.base, patch="", test_patch="",
                      problem_statement="", FAIL_TO_PASS=["probe"], PASS_TO_PASS=[],
                      environment=Environment(repo_path=str(repo)))
         with tempfile.TemporaryDirectory(prefix="minicoder-mine-") as tmp:
             materialize_repo(probe, Path(tmp) / "r")
-            env = Environment(image=lang.image, files=snapshot_files(Path(tmp) / "r"), test_cmd=test_cmd)
-        base_commit = parent
+            environment = Environment(image=lang.image, files=snapshot_files(Path(tmp) / "r"), test_cmd=test_cmd)
     else:
-        env = Environment(image=lang.image, repo_path=str(repo), test_cmd=test_cmd)
-        base_commit = parent
+        environment = Environment(image=lang.image, repo_path=str(repo), test_cmd=test_cmd)
     created = cand.commit.date
     with contextlib.suppress(ValueError):
         created = datetime.fromisoformat(created).astimezone(UTC).replace(microsecond=0).isoformat()
-    return Task(
-        instance_id=instance_id(repo, cand.commit.sha), repo=repo.name, base_commit=base_commit,
+    meta: dict[str, Any] = {"commit": cand.commit.sha, "parent": cand.base, "subject": cand.commit.subject,
+                            "kind": cand.kind, "source_files": cand.source_files, "test_files": cand.test_files}
+    if cand.pr is not None:
+        meta["pr"] = cand.pr
+    if cand.messages:
+        meta["branch_commits"] = [c.sha for c in cand.messages]
+    if cand.tests_rev and cand.tests_rev != cand.commit.sha:
+        meta["later_tests"] = {"from_commit": cand.tests_rev,
+                               "note": "the change carries no tests; its tests come from this later commit"}
+    task = Task(
+        instance_id=instance_id(repo, cand.commit.sha), repo=repo.name, base_commit=cand.base,
         patch=fix, test_patch=tests, problem_statement="", FAIL_TO_PASS=["<pending>"], PASS_TO_PASS=[],
-        environment=env, language=cand.language, source="git", created_at=created,
-        metadata={"commit": cand.commit.sha, "parent": parent, "subject": cand.commit.subject,
-                  "source_files": cand.source_files, "test_files": cand.test_files},
+        environment=environment, language=cand.language, source="git", created_at=created, metadata=meta,
     )
+    if env is not None:
+        env.apply(task)
+    return task
+
+
+def _why_nothing_passes(run) -> str:
+    """A short cause for a run in which no test passed (an import error, the sandbox's message)."""
+    text = f"{run.log}\n{run.message}"
+    for pat in (r"^E\s+((?:Module|Import)\w*Error: .*)$", r"^E\s+(\w+(?:Error|Exception): .*)$"):
+        m = re.search(pat, text, re.M)
+        if m:
+            return m.group(1).strip()[:160]
+    if run.outcomes:
+        counts = Counter(run.outcomes.values())
+        return f"{len(run.outcomes)} tests, none passed ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})"
+    return (run.message or run.status)[:160]
 
 
 def execute_candidate(repo: str | os.PathLike, cand: Candidate, *, backend: Any = "local",
-                      test_scope: str = "changed", inline: bool = False) -> MinedOutcome:
-    """Run the commit's tests before and after the fix; keep it iff some test goes fail -> pass."""
+                      test_scope: str = "changed", inline: bool = False, env: Any = None) -> MinedOutcome:
+    """Run the candidate's tests before and after the fix; keep it iff some test goes fail -> pass."""
     t0 = time.perf_counter()
-    task = build_task(repo, cand, inline=inline)
+    task = build_task(repo, cand, inline=inline, env=env)
 
     def done(kept: bool, reason: str = "", t: Task | None = None) -> MinedOutcome:
         return MinedOutcome(task.instance_id, kept, reason, t, "execute", time.perf_counter() - t0)
@@ -244,42 +286,29 @@ def execute_candidate(repo: str | os.PathLike, cand: Candidate, *, backend: Any 
         raise MiningError(f"test_scope must be 'changed' or 'all', got {test_scope!r}")
     ids: list[str] = []  # [] = the whole suite (None would mean only the test_patch's files)
     if test_scope == "changed":
-        ids = [p for p in cand.test_files if PurePosixPath(p).name != "conftest.py" and p not in cand.deleted]
+        kept = [p for p in cand.test_files if p not in cand.deleted]
+        if not kept:
+            return done(False, "the change only deletes test files")
+        # Python: only test modules run (helpers, data and conftest.py go in the test patch only)
+        ids = [p for p in kept if is_test_module(p)] if cand.language == "python" else kept
         if not ids:
-            return done(False, "the commit only deletes test files")
+            return done(False, "the change's test files are not test modules (test_*.py / *_test.py)")
     before = run_tests(task, "", test_ids=ids, backend=backend)
     after = run_tests(task, task.patch, test_ids=ids, backend=backend)
     if not after.patch_applied:
-        return done(False, "the fix does not apply to the parent commit")
+        return done(False, "the fix does not apply to the base commit")
     if not after.outcomes:
-        return done(False, f"no test results after the fix (status {after.status})")
+        return done(False, f"no test results after the fix (status {after.status}): {_why_nothing_passes(after)}")
     f2p = sorted(t for t, o in after.outcomes.items() if o == "passed" and before.outcomes.get(t) != "passed")
     p2p = sorted(t for t, o in after.outcomes.items() if o == "passed" and before.outcomes.get(t) == "passed")
     broken = sorted(t for t, o in before.outcomes.items() if o == "passed" and after.outcomes.get(t) != "passed")
     if not f2p:
         if not after.passed:
-            return done(False, "no test passes after the fix")
+            return done(False, f"no test passes after the fix: {_why_nothing_passes(after)}")
         return done(False, "no FAIL_TO_PASS test: the tests already pass before the fix")
     task.FAIL_TO_PASS, task.PASS_TO_PASS = f2p, p2p
-    task.problem_statement = problem_statement(cand.commit, f2p, before.log, before.messages)
+    task.problem_statement = problem_statement(cand, f2p, before.log, before.messages)
     task.metadata["pass_to_fail"] = broken
-    return done(True, "", task)
-
-
-def mine(repo: str | os.PathLike, *, rev: str = "HEAD", max_commits: int | None = None, backend: Any = "local",
-         test_scope: str = "changed", inline: bool = False, skip: set[str] | None = None) -> Iterator[MinedOutcome]:
-    """Mine `repo`'s history: one outcome per commit (kept with its task, or rejected with a reason).
-
-    `skip`: candidate ids already handled (resuming); they are not yielded again.
-    """
-    repo = Path(repo).resolve()
-    skip = skip or set()
-    for commit in iter_commits(repo, rev, max_commits):
-        cid = instance_id(repo, commit.sha)
-        if cid in skip:
-            continue
-        cand, reason = classify_commit(repo, commit)
-        if cand is None:
-            yield MinedOutcome(cid, False, reason, None, "filter")
-            continue
-        yield execute_candidate(repo, cand, backend=backend, test_scope=test_scope, inline=inline)
+    out = done(True, "", task)
+    out.prior = {"empty": [before], "gold": [after]}
+    return out

@@ -29,7 +29,7 @@ from typing import Any
 
 from minicoder.record import Task, TaskFormatError, write_tasks
 from minicoder.tasks.qa import QAConfig, run_qa
-from minicoder.tasks.runner import COUNTER
+from minicoder.tasks.runner import COUNTER, count_runs
 from minicoder.tasks.validate import validate_task
 
 
@@ -97,6 +97,7 @@ def machine_info() -> dict[str, Any]:
 
     return _machine_info(())
 
+
 @dataclass
 class Summary:
     """What a pipeline run produced (also the JSON report)."""
@@ -106,6 +107,8 @@ class Summary:
     funnel: dict[str, int] = field(default_factory=dict)  # stage -> count surviving it
     rejections: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> reason -> count
     per_operator: dict[str, dict[str, int]] = field(default_factory=dict)
+    per_kind: dict[str, dict[str, int]] = field(default_factory=dict)  # git: merge_pr / squash_pr / commit
+    environments: dict[str, Any] = field(default_factory=dict)  # git: environments built, shared, failed
     flaky_dropped: int = 0
     resumed: int = 0  # candidates found in the ledger (not redone)
     processed: int = 0  # candidates processed in this run
@@ -133,6 +136,15 @@ class Summary:
             rows.append(f"{'operator':<20}" + "".join(f"{c:>16}" for c in cols))
             for op, v in sorted(self.per_operator.items()):
                 rows.append(f"{op:<20}" + "".join(f"{v.get(c, 0):>16}" for c in cols))
+        if self.per_kind:
+            cols = ["entries", "candidates", "executed", "validated", "after_qa"]
+            rows.append(f"{'kind':<20}" + "".join(f"{c:>12}" for c in cols))
+            for k, v in sorted(self.per_kind.items()):
+                rows.append(f"{k:<20}" + "".join(f"{v.get(c, 0):>12}" for c in cols))
+        if self.environments:
+            e = self.environments
+            rows.append(f"environments: {e.get('built', 0)} built ({e.get('failed', 0)} failed), "
+                        f"{e.get('tasks_sharing', 0)} candidates used them, {e.get('seconds', 0.0):.1f}s building")
         rows.append(f"flaky tests dropped: {self.flaky_dropped}; sandbox runs: {self.sandbox_runs}; "
                     f"resumed: {self.resumed}, processed now: {self.processed}; "
                     f"{self.seconds:.1f}s, {self.tasks_per_minute:.1f} candidates/min, "
@@ -141,13 +153,14 @@ class Summary:
 
 
 def _finish(command: str, out: Path, ledger: Ledger, processed: int, seconds: float, runs: int,
-            qa: QAConfig | None, do_qa: bool, stages: list[str], only: set[str] | None = None) -> Summary:
+            qa: QAConfig | None, do_qa: bool, stages: list[str], only: set[str] | None = None,
+            environments: dict[str, Any] | None = None) -> Summary:
     """QA over kept tasks, write the output and the report. `only`: the candidate ids of this run's plan
     (a ledger may hold more, e.g. from a larger run with the same seed; they are left out)."""
     recs = [r for r in ledger.candidates() if only is None or r["id"] in only]
     kept = [Task.from_dict(r["task"], f"ledger {r['id']}") for r in recs if r["kept"]]
     s = Summary(command=command, out=str(out), resumed=ledger.resumed, processed=processed,
-                seconds=round(seconds, 2), sandbox_runs=runs)
+                seconds=round(seconds, 2), sandbox_runs=runs, environments=environments or {})
     s.kept_now = sum(1 for r in recs if r["kept"] and r.get("run_id") == ledger.run_id)
     rej: dict[str, Counter] = defaultdict(Counter)
     for r in recs:
@@ -179,6 +192,17 @@ def _finish(command: str, out: Path, ledger: Ledger, processed: int, seconds: fl
             per_op[op]["after_qa"] += int(r["id"] in qa_ids)
     if any(op != "-" for op in per_op):
         s.per_operator = {k: dict(v) for k, v in per_op.items()}
+    per_kind: dict[str, Counter] = defaultdict(Counter)
+    for r in recs:
+        if "change" not in r:
+            continue
+        k = per_kind[r["change"]]
+        k["entries"] += 1
+        k["candidates"] += int(r["stage"] != "filter")
+        k["executed"] += int(r["kept"] or r["stage"] == "validate")
+        k["validated"] += int(r["kept"])
+        k["after_qa"] += int(r["kept"] and r["id"] in qa_ids)
+    s.per_kind = {k: dict(v) for k, v in per_kind.items()}
     s.failed_validation = sum(1 for r in recs if not r["kept"] and r["stage"] == "validate")
     write_tasks(out, sorted(final, key=lambda t: t.instance_id))
     s.tasks_per_minute = round(processed / (seconds / 60), 2) if seconds > 0 and processed else 0.0
@@ -220,18 +244,20 @@ def _progress(total: int, desc: str, enabled: bool):
 
 # --- validation of one kept candidate ----------------------------------------------------------
 
-def _validated_record(cid: str, task: Task, operator: str, runs_so_far: int, t0: float, prior, *,
-                      validate: bool, backend: Any, repeats: int, exploit_checks: bool) -> dict[str, Any]:
+def _validated_record(cid: str, task: Task, operator: str, t0: float, prior, *, validate: bool, backend: Any,
+                      repeats: int, exploit_checks: bool, extra: dict | None = None) -> dict[str, Any]:
+    """The ledger record of a kept candidate, after validation when asked. Its `runs` are filled in by
+    the caller, who counts the candidate's runs on its own thread (`runner.count_runs`)."""
     if not validate:
         return record(cid, kept=True, stage="execute", task=task, operator=operator,
-                      seconds=time.perf_counter() - t0, runs=runs_so_far)
+                      seconds=time.perf_counter() - t0, extra=extra)
     v = validate_task(task, backend=backend, repeats=repeats, check_exploits=exploit_checks, prior=prior)
-    extra = {"flaky": len(v.flaky), "checks": v.checks}
+    extra = {**(extra or {}), "flaky": len(v.flaky), "checks": v.checks}
     if not v.ok:
         return record(cid, kept=False, stage="validate", reason=v.reason, operator=operator,
-                      seconds=time.perf_counter() - t0, runs=runs_so_far + v.runs, extra=extra)
+                      seconds=time.perf_counter() - t0, extra=extra)
     return record(cid, kept=True, stage="validate", task=v.task, operator=operator,
-                  seconds=time.perf_counter() - t0, runs=runs_so_far + v.runs, extra=extra)
+                  seconds=time.perf_counter() - t0, extra=extra)
 
 
 def _mutators(subject, candidates, build_candidate):
@@ -278,27 +304,29 @@ def synth_mutate(subjects: Iterable[Any], out: str | os.PathLike, *, per_subject
 
         def passing() -> set[str]:
             if base_id not in ledger:
-                ledger.add({"id": base_id, "kind": "baseline", "passing": sorted(baseline(subject, backend))})
+                with count_runs() as counted:
+                    ok = sorted(baseline(subject, backend))
+                ledger.add({"id": base_id, "kind": "baseline", "passing": ok, "runs": counted.n})
             return set(ledger.records[base_id]["passing"])
 
         def one(cid: str, ms) -> bool:
             if stop.is_set() or (max_tasks is not None and kept_count[0] >= max_tasks):
                 return False
             t0 = time.perf_counter()
-            before_runs = COUNTER.n
-            ok = passing()
-            if not ok:
-                rec = record(cid, kept=False, stage="execute", reason="no test passes on the original code",
-                             operator=ms[0].operator if len(ms) == 1 else "combined")
-            else:
-                oc = _mutators(subject, candidates, build_candidate)[1](subject, cid, ms, ok, backend=backend)
-                runs = COUNTER.n - before_runs
-                if not oc.kept:
-                    rec = record(cid, kept=False, stage="execute", reason=oc.reason, operator=oc.operator,
-                                 seconds=oc.seconds, runs=runs)
+            ok = passing()  # the subject's baseline: its runs belong to the subject, not to this candidate
+            with count_runs() as counted:
+                if not ok:
+                    rec = record(cid, kept=False, stage="execute", reason="no test passes on the original code",
+                                 operator=ms[0].operator if len(ms) == 1 else "combined")
                 else:
-                    rec = _validated_record(cid, oc.task, oc.operator, runs, t0, oc.runs, validate=validate,
-                                            backend=backend, repeats=repeats, exploit_checks=exploit_checks)
+                    oc = _mutators(subject, candidates, build_candidate)[1](subject, cid, ms, ok, backend=backend)
+                    if not oc.kept:
+                        rec = record(cid, kept=False, stage="execute", reason=oc.reason, operator=oc.operator,
+                                     seconds=oc.seconds)
+                    else:
+                        rec = _validated_record(cid, oc.task, oc.operator, t0, oc.prior, validate=validate,
+                                                backend=backend, repeats=repeats, exploit_checks=exploit_checks)
+            rec["runs"] = counted.n
             ledger.add(rec)
             processed[0] += 1
             if rec["kept"]:
@@ -328,53 +356,6 @@ def synth_mutate(subjects: Iterable[Any], out: str | os.PathLike, *, per_subject
                    True, stages, only=planned)
 
 
-# --- synth git ----------------------------------------------------------------------------------
-
-def synth_git(repo: str | os.PathLike, out: str | os.PathLike, *, rev: str = "HEAD", max_commits: int | None = None,
-              test_scope: str = "changed", inline: bool = False, validate: bool = True, backend: Any = "local",
-              repeats: int = 2, exploit_checks: bool = True, workers: int = 2, qa: QAConfig | None = None,
-              progress: bool = True, command: str = "synth git") -> Summary:
-    """Tasks mined from `repo`'s history (see mine_git.py), resumable through `<out>.ledger.jsonl`."""
-    from minicoder.tasks.mine_git import classify_commit, execute_candidate, instance_id, iter_commits
-
-    out = Path(out)
-    ledger = Ledger(str(out) + ".ledger.jsonl")
-    commits = [c for c in iter_commits(repo, rev, max_commits) if instance_id(repo, c.sha) not in ledger]
-    t_start = time.perf_counter()
-    runs0 = COUNTER.n
-    processed = [0]
-    bar = _progress(len(commits), f"{command}: commits", progress)
-
-    def work(commit, stop: threading.Event) -> None:
-        if stop.is_set():
-            return
-        cid = instance_id(repo, commit.sha)
-        t0 = time.perf_counter()
-        cand, reason = classify_commit(repo, commit)
-        if cand is None:
-            rec = record(cid, kept=False, stage="filter", reason=reason)
-        else:
-            before_runs = COUNTER.n
-            oc = execute_candidate(repo, cand, backend=backend, test_scope=test_scope, inline=inline)
-            runs = COUNTER.n - before_runs
-            if not oc.kept:
-                rec = record(cid, kept=False, stage="execute", reason=oc.reason, seconds=oc.seconds, runs=runs)
-            else:
-                rec = _validated_record(cid, oc.task, "", runs, t0, None, validate=validate, backend=backend,
-                                        repeats=repeats, exploit_checks=exploit_checks)
-        ledger.add(rec)
-        processed[0] += 1
-        bar.update(1)
-
-    try:
-        _run_units(commits, work, workers)
-    finally:
-        bar.close()
-    stages = ["filter", "execute", "validate"] if validate else ["filter", "execute"]
-    return _finish(command, out, ledger, processed[0], time.perf_counter() - t_start, COUNTER.n - runs0, qa,
-                   True, stages)
-
-
 # --- validate a file ----------------------------------------------------------------------------
 
 def validate_file(tasks: list[Task], out: str | os.PathLike, *, backend: Any = "local", repeats: int = 2,
@@ -392,9 +373,11 @@ def validate_file(tasks: list[Task], out: str | os.PathLike, *, backend: Any = "
     def work(task: Task, stop: threading.Event) -> None:
         if stop.is_set():
             return
-        rec = _validated_record(task.instance_id, task, str(task.metadata.get("operators", [""])[0])
-                                if task.metadata.get("operators") else "", 0, time.perf_counter(), None,
-                                validate=True, backend=backend, repeats=repeats, exploit_checks=exploit_checks)
+        operator = str(task.metadata["operators"][0]) if task.metadata.get("operators") else ""
+        with count_runs() as counted:
+            rec = _validated_record(task.instance_id, task, operator, time.perf_counter(), None, validate=True,
+                                    backend=backend, repeats=repeats, exploit_checks=exploit_checks)
+        rec["runs"] = counted.n
         ledger.add(rec)
         processed[0] += 1
         bar.update(1)

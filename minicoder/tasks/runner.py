@@ -2,14 +2,20 @@
 
 Candidate code (mined commits, mutants, trivial patches) only ever runs inside the sandbox; this
 module adds no execution of its own. A failure of the sandbox itself raises `SandboxFailure` so
-that no pipeline records it as a verdict on the candidate. It normalises what synthesis needs from a `TestRun`: the set
-of test ids that passed, and whether the patch applied, and counts the sandbox runs it made so
-benchmarks can report runs per task.
+that no pipeline records it as a verdict on the candidate. It normalises what synthesis needs from
+a `TestRun`: the set of test ids that passed, and whether the patch applied.
+
+It also counts sandbox runs, in two ways: `COUNTER` over the whole process (a pipeline's total),
+and `count_runs()` for the code inside a `with` block *on the calling thread* - a pipeline counts
+each candidate's runs that way, so with several worker threads a candidate's count never includes
+another thread's runs. `runs` means one thing everywhere in synthesis: a number of sandbox runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +70,19 @@ class RunCounter:
 
 
 COUNTER = RunCounter()
+_local = threading.local()  # per thread: the counters of the open `count_runs` blocks
+
+
+@contextlib.contextmanager
+def count_runs() -> Iterator[RunCounter]:
+    """A counter of the sandbox runs this thread makes inside the block (nested blocks both count)."""
+    c = RunCounter()
+    stack = _local.__dict__.setdefault("stack", [])
+    stack.append(c)
+    try:
+        yield c
+    finally:
+        stack.remove(c)
 
 
 def run_tests(task, patch: str, test_ids: list[str] | None = None, backend: Any = "local",
@@ -77,6 +96,8 @@ def run_tests(task, patch: str, test_ids: list[str] | None = None, backend: Any 
     tr = sandbox_run_tests(task, patch, test_ids=test_ids, backend=backend, timeout_s=timeout_s)
     dt = time.perf_counter() - t0
     COUNTER.add(dt)
+    for c in _local.__dict__.get("stack", ()):
+        c.add(dt)
     # An infrastructure failure must not turn into "this mutant/commit/task is bad": a pipeline that
     # recorded it would skip the candidate forever on resume. Code under test cannot cause these.
     if tr.status == Status.ERROR or (tr.status == Status.NO_REPORT and "bwrap:" in tr.message):

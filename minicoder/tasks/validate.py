@@ -14,7 +14,10 @@ A task passes validation only when, all runs in the sandbox (`minicoder.sandbox.
      full reward (every FAIL_TO_PASS and PASS_TO_PASS test passes) the task is rejected. When the
      function's return annotation names a type, only the constants of that type are tried (a
      `-> str` function is not given `return []`; `-> bool` gets True and False, which also stand
-     for 1 and 0 under `==`): fewer sandbox runs, no weaker check for well-typed tests;
+     for 1 and 0 under `==`): fewer sandbox runs, no weaker check for well-typed tests. Each stub
+     runs the FAIL_TO_PASS tests first and the PASS_TO_PASS tests only when those all pass (only
+     then can it earn the reward): on a real repository that turns each stub run from the whole
+     test file into a handful of tests;
   5. the tests exercise the change: a FAIL_TO_PASS test that passes under *every* stub of check 4
      (the function returning None, constants, or raising) does not depend on the changed code at
      all - it failed before the fix because of something else (e.g. a version string the patch
@@ -266,8 +269,10 @@ def validate_task(task: Task, backend: Any = "local", repeats: int = 2, check_ex
         else:
             survivors = set(f2p)  # FAIL_TO_PASS tests that pass under every stub so far
             for name, patch in [*trivial.items(), (STUB_RAISE, stub)]:
-                r = run(patch, f2p + p2p)
-                if not r.not_passed(f2p + p2p):
+                # FAIL_TO_PASS first: a stub that fails one of them cannot earn the reward, so the
+                # (often much longer) PASS_TO_PASS list runs only for a stub that passes them all
+                r = run(patch, f2p)
+                if not r.not_passed(f2p) and (not p2p or not run(patch, f2p + p2p).not_passed(f2p + p2p)):
                     v.checks["exploits"] = f"`{name}` passes"
                     return reject(f"exploitable verifier: every test passes when {note} is replaced by `{name}`")
                 survivors &= r.passed

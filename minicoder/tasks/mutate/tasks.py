@@ -31,7 +31,7 @@ class Outcome:
     task: Task | None = None
     operator: str = ""
     seconds: float = 0.0
-    runs: dict[str, list] = field(default_factory=dict)  # {"empty": [Run], "gold": [Run]}: reusable as repeats
+    prior: dict[str, list] = field(default_factory=dict)  # {"empty": [Run], "gold": [Run]}: reusable as repeats
 
 
 def candidates(subject: Subject, per_subject: int, seed: int,
@@ -99,21 +99,21 @@ def build_candidate(subject: Subject, instance_id: str, mutations: list[Mutation
                                                "description": m.description} for m in mutations],
             "n_bugs": len(mutations)}
 
-    runs: dict[str, list] = {}
+    prior: dict[str, list] = {}
 
     def done(kept: bool, reason: str = "", task: Task | None = None) -> Outcome:
-        return Outcome(instance_id, kept, reason, task, op_label, time.perf_counter() - t0, runs)
+        return Outcome(instance_id, kept, reason, task, op_label, time.perf_counter() - t0, prior)
 
     probe = subject.task(instance_id, buggy, ["probe"], [], "probe", meta)
     before = run_tests(probe, "", backend=backend)
-    runs["empty"] = [before]
+    prior["empty"] = [before]
     if Status(before.status).is_limit:
         return done(False, f"mutant hangs or exhausts resources ({before.status})")
     broken = before.not_passed(passing)
     if not broken:
         return done(False, "mutant survives: no passing test fails")
     after = run_tests(probe, probe.patch, backend=backend)
-    runs["gold"] = [after]
+    prior["gold"] = [after]
     unfixed = after.not_passed(passing)
     if unfixed:
         return done(False, "reverting the mutation does not fix the tests")
