@@ -371,9 +371,9 @@ def build_candidate(subject: LangSubject, instance_id: str, mutations: list[Muta
                     backend: Any = "local") -> Outcome:
     """`mutate.build_candidate`, and (Go, Rust) a mutant that does not compile is dropped."""
     oc = _build_candidate(subject, instance_id, mutations, passing, backend=backend)
-    before = (oc.runs.get("empty") or [None])[0]
+    before = (oc.prior.get("empty") or [None])[0]
     if oc.kept and before is not None and "build failed" in (before.message or ""):
-        return Outcome(instance_id, False, "mutant does not compile", None, oc.operator, oc.seconds, oc.runs)
+        return Outcome(instance_id, False, "mutant does not compile", None, oc.operator, oc.seconds, oc.prior)
     return oc
 
 
