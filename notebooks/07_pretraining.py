@@ -205,7 +205,7 @@ else:
              mk(2, "product", "a * b", "a + b", "assert product(3, 4) == 12")]
 N_TASKS = 3 if CI else 40
 t0 = time.perf_counter()
-trajs, skipped = build_trajectories(tasks[:N_TASKS], runner="auto")
+trajs, skipped = build_trajectories(tasks[:N_TASKS], runner="sandbox")
 print(f"{len(trajs)} trajectories from {min(N_TASKS, len(tasks))} tasks in {time.perf_counter() - t0:.0f}s "
       f"(observations from: {sorted({t.observed for t in trajs})}); skipped: {skipped}")
 

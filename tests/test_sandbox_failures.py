@@ -46,8 +46,10 @@ def path_without(tmp: Path, program: str) -> str:
 
 @pytest.fixture
 def no_bwrap(tmp_path, monkeypatch):
-    """bubblewrap is not installed, as on a machine where `make setup` never ran as root."""
+    """bubblewrap is not installed, as on a machine where `make setup` never ran as root. The cold
+    runner: a warm runner started earlier in this process (while bwrap was there) would not notice."""
     monkeypatch.setenv("PATH", path_without(tmp_path, "bwrap"))
+    monkeypatch.setenv("MINICODER_SANDBOX_RUNNER", "cold")
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
@@ -77,6 +79,7 @@ def test_unreachable_engine_is_error_status(docker_client, monkeypatch):
     monkeypatch.setattr(D, "_client", None)  # no client and no pool (which holds one) from earlier tests
     monkeypatch.setattr(D, "_pools", {})
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    monkeypatch.setenv("MINICODER_SANDBOX_RUNNER", "cold")  # a warm container started earlier would not notice
     r = evaluate(demo_task(), demo_task().patch, backend="docker")
     assert (r.reward, r.status) == (0.0, "error") and "no Docker engine answers" in r.message
 
