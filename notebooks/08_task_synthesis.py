@@ -384,7 +384,7 @@ else:
 # %%
 from minicoder.gitdiff import apply_to_snapshot
 from minicoder.sandbox.lang_examples import demo_task
-from minicoder.tasks.mine_git import mine
+from minicoder.tasks.mine_pr import mine
 
 GIT = {"GIT_AUTHOR_NAME": "nb", "GIT_AUTHOR_EMAIL": "nb@x", "GIT_COMMITTER_NAME": "nb",
        "GIT_COMMITTER_EMAIL": "nb@x", "GIT_CONFIG_NOSYSTEM": "1", "PATH": "/usr/bin:/bin", "HOME": "/tmp"}

@@ -214,12 +214,12 @@ def test_synth_git_resumes_after_a_kill(tmp_path):
     out = tmp_path / "git.jsonl"
     ledger = Path(str(out) + ".ledger.jsonl")
     args = ["synth", "git", "--repo", str(repo), "--workers", "1", "--no-progress", "--out", str(out)]
-    assert run_until(args, ledger, 2, signal.SIGKILL).returncode == -signal.SIGKILL  # root + one fix commit
-    first = ledger_ids(ledger)
+    assert run_until(args, ledger, 3, signal.SIGKILL).returncode == -signal.SIGKILL  # root, environment, one fix commit
+    first = [i for i in ledger_ids(ledger) if not i.startswith("env__")]  # env__: the repository's environment
     assert 2 <= len(first) < 4
     r = cli(*args)
     assert r.returncode == 0, r.stdout + r.stderr
-    ids = ledger_ids(ledger)
+    ids = [i for i in ledger_ids(ledger) if not i.startswith("env__")]
     assert len(ids) == len(set(ids)) == 4 and ids[: len(first)] == first
     tasks = read_tasks(out)
     assert sorted(t.FAIL_TO_PASS[0] for t in tasks) == ["test_m.py::test_f0", "test_m.py::test_f1", "test_m.py::test_f2"]
