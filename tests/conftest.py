@@ -150,3 +150,29 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def pytest_sessionfinish(session, exitstatus):
     if IN_CI and _bad_skips() and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- fixtures shared by the sandbox tests -----------------------------------------------------------
+
+@pytest.fixture
+def backend(request):
+    """A sandbox backend from `parametrize(..., indirect=True)`; "docker" needs the engine fixture."""
+    if request.param == "docker":
+        request.getfixturevalue("docker_client")
+    return request.param
+
+
+@pytest.fixture
+def used_uids(monkeypatch):
+    """The host uids of the local sandboxes made during a test (each sandbox has its own)."""
+    import minicoder.sandbox.local as L
+
+    uids: list[int] = []
+    real = L.pick_uid
+
+    def pick():
+        uids.append(real())
+        return uids[-1]
+
+    monkeypatch.setattr(L, "pick_uid", pick)
+    return uids

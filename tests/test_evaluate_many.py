@@ -33,29 +33,6 @@ def task():
     return demo_task()
 
 
-@pytest.fixture
-def backend(request):
-    if request.param == "docker":
-        request.getfixturevalue("docker_client")
-    return request.param
-
-
-@pytest.fixture
-def used_uids(monkeypatch):
-    """The host uids of the sandboxes made during a test (each sandbox has its own)."""
-    import minicoder.sandbox.local as L
-
-    uids: list[int] = []
-    real = L.pick_uid
-
-    def pick():
-        uids.append(real())
-        return uids[-1]
-
-    monkeypatch.setattr(L, "pick_uid", pick)
-    return uids
-
-
 def _left_behind(uids: list[int]) -> list[int]:
     return [p for u in uids if u != os.getuid() for p in pids_of_uid(u)]
 

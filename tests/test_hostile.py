@@ -29,29 +29,6 @@ def task():
     return demo_task()
 
 
-@pytest.fixture
-def backend(request):
-    if request.param == "docker":
-        request.getfixturevalue("docker_client")
-    return request.param
-
-
-@pytest.fixture
-def used_uids(monkeypatch):
-    """The host uids of the local sandboxes made during a test (each sandbox has its own)."""
-    import minicoder.sandbox.local as L
-
-    uids: list[int] = []
-    real = L.pick_uid
-
-    def pick():
-        uids.append(real())
-        return uids[-1]
-
-    monkeypatch.setattr(L, "pick_uid", pick)
-    return uids
-
-
 def _left_behind(uids: list[int]) -> list[int]:
     """Live (non-zombie) processes still running as one of `uids`.
 

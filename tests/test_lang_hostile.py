@@ -26,29 +26,6 @@ LIMITS = Limits(memory_mb=1024, pids=128, file_size_mb=64, tmp_mb=64, disk_mb=25
 CASES = [(lang, name) for lang in ("javascript", "go", "rust") for name in sorted(hostile_patches(lang))]
 
 
-@pytest.fixture
-def backend(request):
-    if request.param == "docker":
-        request.getfixturevalue("docker_client")
-    return request.param
-
-
-@pytest.fixture
-def used_uids(monkeypatch):
-    """The host uids of the local sandboxes made during a test (each sandbox has its own)."""
-    import minicoder.sandbox.local as L
-
-    uids: list[int] = []
-    real = L.pick_uid
-
-    def pick():
-        uids.append(real())
-        return uids[-1]
-
-    monkeypatch.setattr(L, "pick_uid", pick)
-    return uids
-
-
 def _ours_in_use() -> int:
     from minicoder.sandbox import docker as D
 

@@ -16,13 +16,6 @@ BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
 LANGS = ["javascript", "tape", "go", "rust"]
 
 
-@pytest.fixture
-def backend(request):
-    if request.param == "docker":
-        request.getfixturevalue("docker_client")
-    return request.param
-
-
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("language", LANGS)
 def test_gold_resolves_and_empty_does_not(language, backend):

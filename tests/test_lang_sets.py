@@ -23,13 +23,6 @@ def _tasks(language: str):
     return read_tasks(path)
 
 
-@pytest.fixture
-def backend(request):
-    if request.param == "docker":
-        request.getfixturevalue("docker_client")
-    return request.param
-
-
 @pytest.mark.parametrize("language", ["javascript", "go", "rust"])
 def test_shipped_set_is_well_formed(language):
     tasks = _tasks(language)

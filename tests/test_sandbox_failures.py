@@ -23,13 +23,6 @@ from minicoder.sandbox.reward import evaluate
 BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
 
 
-@pytest.fixture
-def backend(request):
-    if request.param == "docker":
-        request.getfixturevalue("docker_client")
-    return request.param
-
-
 def path_without(tmp: Path, program: str) -> str:
     """A PATH with every program of ours except `program` (symlinks in one folder)."""
     d = tmp / f"path-without-{program}"

@@ -60,22 +60,6 @@ def _task(tasks, cls):
     return next(t for t in tasks if security_meta(t)["class"] == cls)
 
 
-@pytest.fixture
-def used_uids(monkeypatch):
-    """The host uids of the local sandboxes made during a test (as in test_hostile.py)."""
-    import minicoder.sandbox.local as L
-
-    uids: list[int] = []
-    real = L.pick_uid
-
-    def pick():
-        uids.append(real())
-        return uids[-1]
-
-    monkeypatch.setattr(L, "pick_uid", pick)
-    return uids
-
-
 def _host_markers(since: float) -> list[str]:
     """Exploit marker files (every exploit test names its marker exploit-marker-*) on the host."""
     found = []

@@ -39,13 +39,6 @@ def task():
     return demo_task()
 
 
-@pytest.fixture
-def backend(request):
-    if request.param == "docker":
-        request.getfixturevalue("docker_client")
-    return request.param
-
-
 def _uid_gone(uid: int | None, timeout: float = 10.0) -> bool:
     if uid is None or uid == os.getuid():
         return True
