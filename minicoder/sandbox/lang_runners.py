@@ -9,9 +9,11 @@ runs them with one shell script in the sandbox, reads the reports back from the 
   javascript  `node --test-reporter=tap --test-reporter-destination=R FILE` per file (node:test, in
               process), or for tape suites `node -r PRELOAD FILE` with a preload of ours that routes
               tape's result stream (objectMode rows) to R and marks its end. mocha and jest run once
-              for all the files: `mocha --reporter OURS --reporter-option output=R --exit FILES` (a
+              for all the files: `mocha --reporter OURS --exit FILES` (a
               reporter of ours writes one JSON row per test with its title path, then an end row)
-              and `jest --ci --runInBand --json --outputFile=R --runTestsByPath --forceExit FILES`;
+              and `jest --ci --runInBand --reporters OURS --runTestsByPath --forceExit FILES` (ours
+              writes jest's `--json` report); both take the report path from a variable they
+              delete before any test file loads;
   go          two steps. First `go test -c -vet=off` per package, with an overlay that adds a
               sentinel test of ours (`TestMinicoderSentinel`, in an external test package) writing
               a marker file whose random name is compiled into it; the overlay and the sentinel
@@ -130,13 +132,16 @@ for (const name of ['assert', 'assert/strict', 'node:test']) {
 
 
 # The reporter mocha loads (`--reporter PATH`): one JSON row per finished test (its title path, its
-# file, pass / fail / pending), then an end row when the run ends, to the file named by
-# `--reporter-option output=R`. Mocha's own JSON reporter joins titles with spaces (ambiguous ids).
+# file, pass / fail / pending), then an end row when the run ends. Mocha's own JSON reporter joins
+# titles with spaces (ambiguous ids). Mocha loads its reporter before any test file: the report
+# path comes in a variable that is deleted then, so the code under test finds it in neither its
+# environment nor its arguments.
 MOCHA_REPORTER = r"""'use strict';
 const fs = require('fs');
-function MinicoderReporter(runner, options) {
-  const opts = (options && (options.reporterOption || options.reporterOptions)) || {};
-  const fd = fs.openSync(opts.output, 'w');
+const out = process.env.MINICODER_REPORT_OUT;
+delete process.env.MINICODER_REPORT_OUT;
+const fd = fs.openSync(out, 'w');
+function MinicoderReporter(runner) {
   const row = (obj) => { fs.writeSync(fd, JSON.stringify(obj) + '\n'); };
   const file = (t) => t.file || (t.parent && t.parent.file) || '';
   const title = (t) => { try { return t.titlePath().map(String); } catch (e) { return [String(t.title)]; } };
@@ -149,15 +154,31 @@ function MinicoderReporter(runner, options) {
 module.exports = MinicoderReporter;
 """
 
-# Debian's jest reads `process.config.variables.node_relative_path` (a setting of Debian's own Node
-# build) to find /usr/share/nodejs; a host's Node from elsewhere lacks it. Loaded (`node -r`) before
-# jest on such a host; a no-op on Debian's Node (the task images).
-JEST_NODE_PATHS = r"""'use strict';
+# Loaded twice in jest's own process: first with `node -r` (before jest: it takes the report path
+# from its variable and deletes that, as for mocha), then by jest as a reporter (`--reporters`),
+# the same module instance. At the end of the run it writes jest's JSON report (the format of
+# `--json`). Before that, Debian's jest reads `process.config.variables.node_relative_path` (a
+# setting of Debian's own Node build) to find /usr/share/nodejs; a host's Node from elsewhere lacks
+# it, so it is filled in (a no-op on Debian's Node, the task images').
+JEST_REPORTER = r"""'use strict';
+const fs = require('fs');
 const v = process.config.variables || {};
 if (v.node_relative_path === undefined) {
   Object.defineProperty(process, 'config', { enumerable: true, value: Object.freeze({ ...process.config,
     variables: Object.freeze({ ...v, node_relative_path: 'lib/nodejs:share/nodejs', node_prefix: '/usr' }) }) });
 }
+let fd = null;
+if (process.env.MINICODER_REPORT_OUT) {
+  fd = fs.openSync(process.env.MINICODER_REPORT_OUT, 'w');
+  delete process.env.MINICODER_REPORT_OUT;
+}
+class MinicoderReporter {
+  onRunComplete(contexts, results) {
+    const { formatTestResults } = require('@jest/test-result');
+    fs.writeSync(fd, JSON.stringify(formatTestResults(results)));
+  }
+}
+module.exports = MinicoderReporter;
 """
 JS_RUNNERS = ("node", "tape", "mocha", "jest")
 BATCH_RUNNERS = ("mocha", "jest")  # one process for every test file (their start-up is the cost)
@@ -328,11 +349,12 @@ def _js_script(units: list[Unit], out: str, helpers: dict[str, str]) -> tuple[li
     if runner in BATCH_RUNNERS:
         files = " ".join(shlex.quote(u.key) for u in units)
         if runner == "mocha":
-            cmd = (f"mocha --require {freeze} --reporter {helpers['mocha']} --reporter-option output={out}/0.rep "
+            cmd = (f"MINICODER_REPORT_OUT={out}/0.rep mocha --require {freeze} --reporter {helpers['mocha']} "
                    f"--exit --no-parallel --no-colors -- {files}")
         else:
-            cmd = (f"node -r {helpers['jest']} -r {freeze} /usr/share/nodejs/jest/bin/jest.js --ci --runInBand "
-                   f"--json --outputFile={out}/0.rep --runTestsByPath --forceExit --watchman=false "
+            cmd = (f"MINICODER_REPORT_OUT={out}/0.rep node -r {helpers['jest']} -r {freeze} "
+                   f"/usr/share/nodejs/jest/bin/jest.js --ci --runInBand --reporters=default "
+                   f"--reporters={helpers['jest']} --runTestsByPath --forceExit --watchman=false "
                    f"--cacheDirectory=/tmp/jest-cache -- {files}")
         return [*lines, _record(cmd, out, 0)], [Run(units)]
     for i, u in enumerate(units):
@@ -393,7 +415,7 @@ def run_language_tests(sb, task, lang: Language, ids: list[str], limits, tr) -> 
         elif runner == "mocha":
             paths["mocha"] = _helper(helpers, "mocha_reporter.js", MOCHA_REPORTER)
         elif runner == "jest":
-            paths["jest"] = _helper(helpers, "jest_node_paths.js", JEST_NODE_PATHS)
+            paths["jest"] = _helper(helpers, "jest_reporter.js", JEST_REPORTER)
         lines, runs = _js_script(units, o, paths)
         lock_guarded(ws, lang)
         try:
