@@ -5,7 +5,7 @@ src/lib.rs, `#[test] fn` items, `#[cfg(test)] use ...`. A patch that fixes such 
 edit those tests (delete an assertion, `#[ignore]` a test, add a test-only helper), so the file
 cannot simply be restored like a test file: the candidate's code must stay, its test items must not.
 
-    test_items(source)                    -> [TestItem] (items carrying #[test] or #[cfg(test)]), None if unparsable
+    find_test_items(source)               -> [TestItem] (items carrying #[test] or #[cfg(test)]), None if unparsable
     same_tests(a, b)                      -> whether two versions have the same test items
     with_reference_tests(cand, reference) -> the candidate's file with exactly the reference's test items, or None
 
@@ -101,7 +101,7 @@ def _scan(source: bytes) -> tuple[list[TestItem], dict[tuple[str, ...], int]] | 
     return [TestItem(i.module, i.key, i.start, i.end, source[i.start:i.end]) for i in items], modules
 
 
-def test_items(source: bytes) -> list[TestItem] | None:
+def find_test_items(source: bytes) -> list[TestItem] | None:
     """The test-only items of a Rust file, in order; None when the file does not parse."""
     scanned = _scan(source)
     return None if scanned is None else scanned[0]
@@ -122,7 +122,7 @@ def _signature(items: list[TestItem]) -> list[tuple]:
 
 def same_tests(a: bytes, b: bytes) -> bool:
     """Whether two versions of a file have the same test items (False if either does not parse)."""
-    x, y = test_items(a), test_items(b)
+    x, y = find_test_items(a), find_test_items(b)
     return x is not None and y is not None and _signature(x) == _signature(y)
 
 
