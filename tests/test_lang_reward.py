@@ -18,7 +18,7 @@ from minicoder.sandbox.lang_reports import (
     parse_tape_rows,
 )
 from minicoder.sandbox.languages import LANGUAGES, classify, test_cmd_for
-from minicoder.sandbox.reward import evaluate, run_tests
+from minicoder.sandbox.reward import evaluate, evaluate_many, run_tests
 
 BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
 LANGS = ["javascript", "tape", "mocha", "jest", "go", "rust", "rust_unit"]
@@ -28,8 +28,7 @@ LANGS = ["javascript", "tape", "mocha", "jest", "go", "rust", "rust_unit"]
 @pytest.mark.parametrize("language", LANGS)
 def test_gold_resolves_and_empty_does_not(language, backend):
     task = demo_task(language)
-    gold = evaluate(task, task.patch, backend=backend)
-    empty = evaluate(task, "", backend=backend)
+    gold, empty = evaluate_many(task, [task.patch, ""], backend=backend, workers=2)  # each in its own sandbox
     assert (gold.reward, gold.status) == (1.0, "resolved"), (gold.status, gold.message, gold.tests)
     assert (empty.reward, empty.status) == (0.0, "unresolved"), (empty.status, empty.message)
     # exactly the FAIL_TO_PASS tests fail without the fix; PASS_TO_PASS pass either way
