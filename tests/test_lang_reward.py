@@ -17,7 +17,8 @@ from minicoder.sandbox.lang_reports import (
     parse_node_tap,
     parse_tape_rows,
 )
-from minicoder.sandbox.languages import LANGUAGES, classify, test_cmd_for
+from minicoder.sandbox.languages import LANGUAGES, classify
+from minicoder.sandbox.languages import test_cmd_for as runner_for
 from minicoder.sandbox.reward import evaluate, evaluate_many, run_tests
 
 BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
@@ -52,10 +53,13 @@ def test_a_compile_error_is_a_failure_not_a_crash():
     from minicoder.gitdiff import make_diff
     from minicoder.sandbox.lang_examples import DEMOS
 
-    for language, path, junk in (("go", "mathx/mathx.go", "func Mean("), ("rust", "src/lib.rs", "pub fn mean(")):
+    # Go: a syntax error; Rust: a type error (a Rust source that does not even parse keeps the base file,
+    # since its test items cannot be checked: see rust_tests.py)
+    for language, path, junk in (("go", "mathx/mathx.go", "func Mean( nonsense"),
+                                 ("rust", "src/lib.rs", 'pub fn broken() -> i64 {\n    "not a number"\n}')):
         task = demo_task(language)
         files = DEMOS[language][0]
-        broken = make_diff(files, {path: files[path] + f"\n{junk} nonsense\n"})
+        broken = make_diff(files, {path: files[path] + f"\n{junk}\n"})
         r = evaluate(task, broken)
         assert r.reward == 0.0 and r.status in ("no_report", "unresolved"), (r.status, r.message)
         assert "build failed" in r.message
@@ -173,9 +177,9 @@ def test_parse_mocha_rows_and_jest_json():
 
 def test_javascript_runner_comes_from_package_json():
     pkg = lambda **kw: json.dumps(kw)  # noqa: E731
-    assert test_cmd_for("javascript", pkg(scripts={"test": "jest --coverage"})) == "jest"
-    assert test_cmd_for("javascript", pkg(scripts={"test": "mocha test/"}, devDependencies={"jest": "29"})) == "mocha"
-    assert test_cmd_for("javascript", pkg(devDependencies={"mocha": "10"})) == "mocha"
-    assert test_cmd_for("javascript", pkg(scripts={"test": "tape test/*.js"})) == "tape test/*.js"
-    assert test_cmd_for("javascript", pkg(scripts={"test": "node --test"})) == "node --test"
-    assert test_cmd_for("javascript", "not json") == "node --test"
+    assert runner_for("javascript", pkg(scripts={"test": "jest --coverage"})) == "jest"
+    assert runner_for("javascript", pkg(scripts={"test": "mocha test/"}, devDependencies={"jest": "29"})) == "mocha"
+    assert runner_for("javascript", pkg(devDependencies={"mocha": "10"})) == "mocha"
+    assert runner_for("javascript", pkg(scripts={"test": "tape test/*.js"})) == "tape test/*.js"
+    assert runner_for("javascript", pkg(scripts={"test": "node --test"})) == "node --test"
+    assert runner_for("javascript", "not json") == "node --test"
