@@ -40,8 +40,12 @@ file in jest's report, Go's sentinel, every requested Rust test in the log). A r
 missing from every report counts as failed (in `evaluate`).
 
 Residual risk, as for Python: code that runs inside the test process can read our helper files or
-its own binary and forge a report in memory or on disk; the random names, the host-side deletion
-of the Go sentinel source and the exit-status cross-checks make that harder, not impossible.
+its own binary and forge a report in memory or on disk (the report folder can be listed, and
+mocha's and jest's report file is open in the process); the random names, the report paths kept
+out of the arguments and environment (tape, mocha, jest), the host-side deletion of the Go
+sentinel source and the exit-status cross-checks make that harder, not impossible. Rust unit tests
+inside the sources compile the code under test with `cfg(test)`; `rust_tests.py` refuses a
+candidate's new `cfg(test)` mentions, but a macro could still tell test builds apart.
 """
 
 from __future__ import annotations
