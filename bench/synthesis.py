@@ -353,6 +353,8 @@ def print_table(results: dict) -> None:
         print(f"{name:<12}{f.get('candidates', 0):>12}{f.get('after execute', 0):>13}{f.get('after validate', 0):>11}"
               f"{f.get('after qa', 0):>10}{r['runs_per_candidate']:>11}{r['tasks_per_minute']:>11}")
     for lang, r in (results.get("languages") or {}).items():  # this run's row, then the shipped set's
+        if not isinstance(r, dict) or "funnel" not in r:
+            continue  # the section's "finished" / "settings"
         for label, row in ((lang, r), ("  (shipped)", r.get("shipped_run"))):
             if not row:
                 continue
