@@ -24,9 +24,11 @@ from minicoder.sandbox.reward import evaluate
 BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
 # Compilers need more room than pytest: 1 GiB, 64 MiB files (test binaries), a 64 MiB /tmp; a generous
 # time limit, since a Rust build on a loaded 2-core machine can take a minute (attacks that can only
-# end by the time limit get 8 s: if the build itself takes longer, the status is the same timeout).
+# end by the time limit get 6 s: if the build itself takes longer, the status is the same timeout).
 LIMITS = Limits(memory_mb=1024, pids=128, file_size_mb=64, tmp_mb=64, disk_mb=256, timeout_s=180.0)
-LOOP_TIMEOUT_S = 8.0
+LOOP_TIMEOUT_S = 6.0
+# attacks at a time: the docker backend's runs wait on the engine (each `docker exec`) more than on the CPU
+WORKERS = {"local": 2, "docker": 3}
 # the demo tasks and their variants: mocha, jest, Rust unit tests inside src/lib.rs
 LANGUAGES = ("javascript", "go", "rust", "mocha", "jest", "rust_unit")
 
@@ -43,7 +45,7 @@ def _ours_in_use() -> int:
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_hostile_patches(language, backend, tmp_path: Path, monkeypatch, used_uids):
-    """Every attack on one language's demo task, two at a time (each in a fresh sandbox of its own, as
+    """Every attack on one language's demo task, two or three at a time (each in a fresh sandbox of its own, as
     in a GRPO group): each gets its expected reward and status; then the host is untouched and
     nothing is left running."""
     canary = tmp_path / "canary.txt"
@@ -61,7 +63,7 @@ def test_hostile_patches(language, backend, tmp_path: Path, monkeypatch, used_ui
         return name, evaluate(task, attacks[name].patch, backend=backend, limits=LIMITS, timeout_s=timeout)
 
     order = sorted(attacks, key=lambda n: (n not in ("infinite_loop", "memory"), n))  # the long ones first
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=WORKERS[backend]) as pool:
         results = dict(pool.map(attack, order))
 
     wrong = {}
