@@ -147,24 +147,31 @@ def step_throughput(args) -> dict:
 
 def step_languages(args) -> dict:
     """JavaScript, Go and Rust: the shipped sets' pipeline (minicoder.tasks.lang_sets) per language.
-    The shipped set's ledger, when present, is copied in first, so the step resumes it (tasks/minute
-    then counts only what this invocation ran; the shipped report has the full run's rate)."""
-    from minicoder.tasks.lang_sets import DATA, build_set
+
+    Default: the shipped sets' settings (`lang_sets.PER_SUBJECT` mutants per project), resuming the
+    shipped ledger when one is present (tasks/minute then counts only what this invocation ran; the
+    shipped report has the full run's rate). `--lang-per-subject N` bounds the run instead: N mutants
+    per project, a fresh ledger of its own (its rows say so in "settings")."""
+    from minicoder.tasks.lang_sets import DATA, PER_SUBJECT, build_set
 
     out: dict = {}
-    for lang in ("javascript", "go", "rust"):
-        dest = WORK / f"{lang}.jsonl"
+    bounded = args.lang_per_subject is not None
+    for lang in [x for x in args.lang_languages.split(",") if x]:
+        dest = WORK / (f"{lang}-bounded{args.lang_per_subject}.jsonl" if bounded else f"{lang}.jsonl")
         shipped = DATA / f"{lang}_tasks.jsonl.ledger.jsonl"
-        if shipped.exists() and not Path(str(dest) + ".ledger.jsonl").exists():
+        if not bounded and shipped.exists() and not Path(str(dest) + ".ledger.jsonl").exists():
             shutil.copy(shipped, str(dest) + ".ledger.jsonl")
         load0 = _load()
-        s = build_set(lang, dest, workers=args.workers, progress=False)
+        per = args.lang_per_subject if bounded else PER_SUBJECT[lang]
+        s = build_set(lang, dest, per_subject=per, workers=args.workers, progress=False)
         print(lang, s.table())
         out[lang] = _section(s, load0)
+        out[lang]["settings"] = {"per_subject": per, "bounded": bounded, "workers": args.workers}
         rep = DATA / f"{lang}_tasks.jsonl.report.json"
         if rep.exists():
             out[lang]["shipped_run"] = {k: json.loads(rep.read_text()).get(k)
                                         for k in ("funnel", "rejections", "seconds", "tasks_per_minute", "kept_per_minute")}
+    return out
 
 
 # --- real repositories ---------------------------------------------------------------------------
@@ -304,6 +311,9 @@ def main() -> int:
     ap.add_argument("--ship", action="store_true",
                     help="real step: write the validated local-backend tasks to data/tasks/real/ (permissive licences)")
     ap.add_argument("--fresh", action="store_true", help="delete the ledgers first (no resume)")
+    ap.add_argument("--lang-per-subject", type=int, default=None,
+                    help="languages step: mutants per project (a bounded run; default: the shipped sets' settings)")
+    ap.add_argument("--lang-languages", default="javascript,go,rust", help="languages step: which languages")
     args = ap.parse_args()
     if args.fresh and WORK.exists():
         shutil.rmtree(WORK)
@@ -342,11 +352,19 @@ def print_table(results: dict) -> None:
         f = r["funnel"]
         print(f"{name:<12}{f.get('candidates', 0):>12}{f.get('after execute', 0):>13}{f.get('after validate', 0):>11}"
               f"{f.get('after qa', 0):>10}{r['runs_per_candidate']:>11}{r['tasks_per_minute']:>11}")
-    for lang, r in (results.get("languages") or {}).items():
-        run = r.get("shipped_run") or {}
-        f = run.get("funnel") or r["funnel"]
-        print(f"{lang:<12}{f.get('candidates', 0):>12}{f.get('after execute', 0):>13}{f.get('after validate', 0):>11}"
-              f"{f.get('after qa', 0):>10}{r['runs_per_candidate']:>11}{run.get('tasks_per_minute', r['tasks_per_minute']):>11}")
+    for lang, r in (results.get("languages") or {}).items():  # this run's row, then the shipped set's
+        if not isinstance(r, dict) or "funnel" not in r:
+            continue  # the section's "finished" / "settings"
+        for label, row in ((lang, r), ("  (shipped)", r.get("shipped_run"))):
+            if not row:
+                continue
+            f = row["funnel"]
+            per_run = f"{r['runs_per_candidate']:>11}" if row is r else f"{'':>11}"
+            print(f"{label:<12}{f.get('candidates', 0):>12}{f.get('after execute', 0):>13}"
+                  f"{f.get('after validate', 0):>11}{f.get('after qa', 0):>10}{per_run}{row['tasks_per_minute']:>11}")
+        drops = {reason: n for stage in (r.get("rejections") or {}).values() for reason, n in stage.items()}
+        if drops:
+            print(f"{'':<12}dropped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(drops.items())))
     print_real(results.get("real"))
     t = results.get("throughput")
     if t:

@@ -374,8 +374,10 @@ else:
 # files are tests, which configuration a patch may not touch (`package.json`, `go.mod`, `Cargo.toml`,
 # `build.rs`, ...) and which image has the toolchain (Debian's `nodejs`, `golang-go`, `cargo`). The
 # graders read structured reports written outside the workspace: node:test's TAP file (or tape's result
-# rows), `go tool test2json` events plus a sentinel test compiled into each Go test binary, and libtest's
-# `--logfile` per Rust test target. Bug injection uses tree-sitter: the seven operators are written once
+# rows, a mocha reporter's rows, jest's JSON report), `go tool test2json` events plus a sentinel test
+# compiled into each Go test binary, and libtest's `--logfile` per Rust test target (the integration tests,
+# and the unit tests inside src/*.rs, whose test modules a patch cannot change: `sandbox.rust_tests` puts
+# the hidden ones back). Bug injection uses tree-sitter: the seven operators are written once
 # over a small table of node types per grammar (`minicoder.tasks.mutate_ts`).
 #
 # Here we commit each language's tiny demo package twice (buggy, then the fix with its test), mine the

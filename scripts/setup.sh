@@ -65,17 +65,20 @@ if ! command -v bwrap >/dev/null 2>&1; then
 fi
 
 # The JavaScript, Go and Rust graders' local backend runs the host's toolchains (the sandbox sees the
-# host's /usr read-only): Debian's nodejs + node-tape, golang-go, cargo (+ rustc). Only what is missing;
+# host's /usr read-only): Debian's nodejs + node-tape, mocha, jest, golang-go, cargo (+ rustc). Only what is missing;
 # a toolchain installed elsewhere (e.g. ~/.cargo) is invisible to the sandbox, so /usr/bin is checked.
 lang_pkgs=()
 [ -x /usr/bin/node ] || lang_pkgs+=(nodejs)
 [ -f /usr/share/nodejs/tape/package.json ] || lang_pkgs+=(node-tape)
+[ -f /usr/share/nodejs/mocha/package.json ] || lang_pkgs+=(mocha)
+[ -f /usr/share/nodejs/jest/package.json ] || lang_pkgs+=(jest)
 [ -x /usr/bin/go ] || lang_pkgs+=(golang-go)
 [ -x /usr/bin/cargo ] || lang_pkgs+=(cargo)
 if [ ${#lang_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "[setup] installing the language toolchains from Debian: ${lang_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    sh envs/lang/standins.sh node-types-node  # jest's unshipped dependency (see that script)
     (apt-get install -y -qq --no-install-recommends "${lang_pkgs[@]}" >/dev/null 2>&1 \
       || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${lang_pkgs[@]}" >/dev/null; }) \
       || echo "[setup] warning: could not install ${lang_pkgs[*]}; JavaScript/Go/Rust tasks will not run locally"

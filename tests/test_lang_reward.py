@@ -1,5 +1,6 @@
-"""Rewards for JavaScript (node:test and tape), Go and Rust tasks: real runs on both backends, and the
-report parsers and protections on their own (known inputs, known answers)."""
+"""Rewards for JavaScript (node:test, tape, mocha, jest), Go and Rust (integration tests and unit tests
+inside src/lib.rs) tasks: real runs on both backends, and the report parsers and protections on
+their own (known inputs, known answers)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,27 @@ import json
 import pytest
 
 from minicoder.sandbox.lang_examples import demo_task
-from minicoder.sandbox.lang_reports import parse_go_json, parse_libtest_log, parse_node_tap, parse_tape_rows
+from minicoder.sandbox.lang_reports import (
+    parse_go_json,
+    parse_jest_json,
+    parse_libtest_log,
+    parse_mocha_rows,
+    parse_node_tap,
+    parse_tape_rows,
+)
 from minicoder.sandbox.languages import LANGUAGES, classify
-from minicoder.sandbox.reward import evaluate, run_tests
+from minicoder.sandbox.languages import test_cmd_for as runner_for
+from minicoder.sandbox.reward import evaluate, evaluate_many, run_tests
 
 BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
-LANGS = ["javascript", "tape", "go", "rust"]
+LANGS = ["javascript", "tape", "mocha", "jest", "go", "rust", "rust_unit"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("language", LANGS)
 def test_gold_resolves_and_empty_does_not(language, backend):
     task = demo_task(language)
-    gold = evaluate(task, task.patch, backend=backend)
-    empty = evaluate(task, "", backend=backend)
+    gold, empty = evaluate_many(task, [task.patch, ""], backend=backend, workers=2)  # each in its own sandbox
     assert (gold.reward, gold.status) == (1.0, "resolved"), (gold.status, gold.message, gold.tests)
     assert (empty.reward, empty.status) == (0.0, "unresolved"), (empty.status, empty.message)
     # exactly the FAIL_TO_PASS tests fail without the fix; PASS_TO_PASS pass either way
@@ -29,7 +37,7 @@ def test_gold_resolves_and_empty_does_not(language, backend):
     assert all(gold.tests[t] == "passed" for t in task.FAIL_TO_PASS + task.PASS_TO_PASS)
 
 
-@pytest.mark.parametrize("language", ["javascript", "go", "rust"])
+@pytest.mark.parametrize("language", ["javascript", "go", "rust", "rust_unit"])
 def test_default_selection_runs_every_test_of_the_test_patch(language):
     """With no ids, run_tests runs the test_patch's files; Go reports the file's whole package."""
     task = demo_task(language)
@@ -45,10 +53,13 @@ def test_a_compile_error_is_a_failure_not_a_crash():
     from minicoder.gitdiff import make_diff
     from minicoder.sandbox.lang_examples import DEMOS
 
-    for language, path, junk in (("go", "mathx/mathx.go", "func Mean("), ("rust", "src/lib.rs", "pub fn mean(")):
+    # Go: a syntax error; Rust: a type error (a Rust source that does not even parse keeps the base file,
+    # since its test items cannot be checked: see rust_tests.py)
+    for language, path, junk in (("go", "mathx/mathx.go", "func Mean( nonsense"),
+                                 ("rust", "src/lib.rs", 'pub fn broken() -> i64 {\n    "not a number"\n}')):
         task = demo_task(language)
         files = DEMOS[language][0]
-        broken = make_diff(files, {path: files[path] + f"\n{junk} nonsense\n"})
+        broken = make_diff(files, {path: files[path] + f"\n{junk}\n"})
         r = evaluate(task, broken)
         assert r.reward == 0.0 and r.status in ("no_report", "unresolved"), (r.status, r.message)
         assert "build failed" in r.message
@@ -130,3 +141,45 @@ def test_language_table_classifies_and_guards():
     for lang, paths in guarded.items():
         assert all(LANGUAGES[lang].guarded(p) for p in paths), lang
         assert not any(LANGUAGES[lang].guarded(p) for p in free[lang]), lang
+
+
+def test_parse_mocha_rows_and_jest_json():
+    rows = "\n".join(json.dumps(r) for r in [
+        {"type": "test", "state": "passed", "file": "/workspace/test/a.js", "path": ["mean", "even"]},
+        {"type": "test", "state": "failed", "file": "/workspace/test/a.js", "path": ["mean", "neg", "keeps"],
+         "message": "-2 !== -1.5"},
+        {"type": "test", "state": "passed", "file": "/workspace/test/a.js", "path": ["mean", "neg", "keeps"]},  # forged
+        {"type": "test", "state": "skipped", "file": "/workspace/test/b.js", "path": ["later"]},
+        "not json"]).encode()
+    cases, complete = parse_mocha_rows(rows)
+    assert {k: v.outcome for k, v in cases.items()} == {
+        "test/a.js::mean > even": "passed", "test/a.js::mean > neg > keeps": "failed", "test/b.js::later": "skipped"}
+    assert cases["test/a.js::mean > neg > keeps"].message == "-2 !== -1.5" and not complete
+    assert parse_mocha_rows(rows + b'\n{"type": "end"}\n')[1] is True
+
+    report = {"testResults": [
+        {"name": "/workspace/test/a.test.js", "status": "failed", "assertionResults": [
+            {"ancestorTitles": ["mean"], "title": "of a fraction", "status": "failed", "failureMessages": ["1 != 1.5"]},
+            {"ancestorTitles": [], "title": "top", "status": "passed", "failureMessages": []},
+            {"ancestorTitles": ["mean", "neg"], "title": "todo", "status": "todo"}]},
+        {"name": "/workspace/test/broken.test.js", "status": "failed", "assertionResults": [],
+         "message": "SyntaxError: Unexpected token"}]}
+    cases, complete = parse_jest_json(json.dumps(report).encode(), ["test/a.test.js", "test/broken.test.js"])
+    assert {k: v.outcome for k, v in cases.items()} == {
+        "test/a.test.js::mean > of a fraction": "failed", "test/a.test.js::top": "passed",
+        "test/a.test.js::mean > neg > todo": "skipped", "test/broken.test.js": "error"}
+    assert "1 != 1.5" in cases["test/a.test.js::mean > of a fraction"].message and complete
+    assert parse_jest_json(json.dumps(report).encode(), ["test/a.test.js", "test/c.test.js"])[1] is False
+    assert parse_jest_json(b"", ["test/a.test.js"]) == ({}, False)
+    with pytest.raises(ValueError, match="not JSON"):
+        parse_jest_json(b"{ cut off", ["test/a.test.js"])
+
+
+def test_javascript_runner_comes_from_package_json():
+    pkg = lambda **kw: json.dumps(kw)  # noqa: E731
+    assert runner_for("javascript", pkg(scripts={"test": "jest --coverage"})) == "jest"
+    assert runner_for("javascript", pkg(scripts={"test": "mocha test/"}, devDependencies={"jest": "29"})) == "mocha"
+    assert runner_for("javascript", pkg(devDependencies={"mocha": "10"})) == "mocha"
+    assert runner_for("javascript", pkg(scripts={"test": "tape test/*.js"})) == "tape test/*.js"
+    assert runner_for("javascript", pkg(scripts={"test": "node --test"})) == "node --test"
+    assert runner_for("javascript", "not json") == "node --test"

@@ -10,7 +10,7 @@ import pytest
 
 from minicoder.record import read_tasks
 from minicoder.sandbox.languages import LANGUAGES
-from minicoder.sandbox.reward import evaluate
+from minicoder.sandbox.reward import evaluate_many
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "tasks"
 BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
@@ -39,8 +39,9 @@ def test_shipped_set_is_well_formed(language):
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("language", ["javascript", "go", "rust"])
 def test_a_shipped_task_gold_scores_1_and_empty_0(language, backend):
-    task = _tasks(language)[0]
-    gold = evaluate(task, task.patch, backend=backend)
-    empty = evaluate(task, "", backend=backend)
+    # the task whose tests span the fewest test files (processes): the check is the same, the run shorter
+    task = min(_tasks(language), key=lambda t: (len({i.split("::")[0] for i in t.FAIL_TO_PASS + t.PASS_TO_PASS}),
+                                                 t.instance_id))
+    gold, empty = evaluate_many(task, [task.patch, ""], backend=backend, workers=2)  # each in its own sandbox
     assert (gold.reward, gold.status) == (1.0, "resolved"), (gold.status, gold.message)
     assert empty.reward == 0.0 and empty.status == "unresolved", (empty.status, empty.message)

@@ -28,17 +28,21 @@ from minicoder.sandbox.languages import LANGUAGES
 RECIPE_DIR = images.ENVS_DIR / "lang"
 # language -> (Debian packages, a command that must succeed in the image)
 PACKAGES: dict[str, tuple[str, list[str]]] = {
-    "javascript": ("nodejs node-tape", ["sh", "-c", "node --version && NODE_PATH=/usr/share/nodejs node -e "
-                                                     "\"require('tape'); require('node:test')\""]),
+    "javascript": ("nodejs node-tape mocha jest",
+                   ["sh", "-c", "node --version && NODE_PATH=/usr/share/nodejs node -e "
+                                "\"require('tape'); require('node:test'); require('mocha'); require('jest-cli')\" "
+                                "&& mocha --version && jest --version"]),
     "go": ("golang-go", ["sh", "-c", "go version && go env GOROOT"]),
     "rust": ("cargo", ["sh", "-c", "cargo --version && rustc --version && cc --version | head -1"]),
 }
+# empty stand-ins installed first (envs/lang/standins.sh): bookworm's jest needs node-types-node
+STANDINS: dict[str, str] = {"javascript": "node-types-node"}
 _locks: dict[str, threading.Lock] = {name: threading.Lock() for name in PACKAGES}
 
 
 def recipe(client, language: str) -> str:
     base_id = client.images.get(images.DEFAULT_IMAGE).id
-    return images.content_hash(RECIPE_DIR, PACKAGES[language][0], base_id)
+    return images.content_hash(RECIPE_DIR, PACKAGES[language][0], STANDINS.get(language, ""), base_id)
 
 
 def verify(client, language: str, tag: str | None = None) -> str:
@@ -65,7 +69,7 @@ def language_image(client, language: str, rebuild: bool = False, log: images.Log
         log(f"building {tag} FROM {images.DEFAULT_IMAGE} + Debian {PACKAGES[language][0]} (envs/lang/Dockerfile)")
         t0 = time.perf_counter()
         images.build_from_dockerfile(client, tag, context=RECIPE_DIR, buildargs={"BASE": images.DEFAULT_IMAGE,
-                                     "PACKAGES": PACKAGES[language][0]},
+                                     "PACKAGES": PACKAGES[language][0], "STANDINS": STANDINS.get(language, "")},
                                      labels={images.RECIPE_LABEL: want, "minicoder.language": language}, rebuild=True)
         log(f"built {tag} in {time.perf_counter() - t0:.1f}s; checking it")
         verify(client, language, tag)

@@ -2,6 +2,8 @@
 
   parse_node_tap(data, file)   node:test's TAP reporter (`--test-reporter=tap`), nested subtests
   parse_tape_rows(data, file)  tape's result stream (objectMode rows, one JSON object per line)
+  parse_mocha_rows(data)       our mocha reporter's rows (one JSON object per test, then an end row)
+  parse_jest_json(data, files) jest's `--json --outputFile` report
   parse_go_json(data, pkgdir)  `go tool test2json` events
   parse_libtest_log(data, file) libtest's `--logfile` lines (`ok name`, `failed name`, `ignored name`)
 
@@ -15,6 +17,7 @@ real failure of the same test.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 
 from minicoder.sandbox.junit import SEVERITY, CaseResult, ReportError
@@ -137,6 +140,72 @@ def parse_tape_rows(data: bytes, file: str) -> tuple[dict[str, CaseResult], bool
         outcome, msg = verdict[tid]
         _put(out, f"{file}::{name}", outcome, msg)
     return out, complete
+
+
+# --- mocha (our reporter's rows) ---------------------------------------------------------------------
+
+def _relative(path: str, root: str) -> str:
+    return posixpath.relpath(path, root) if path.startswith(root.rstrip("/") + "/") else path
+
+
+def parse_mocha_rows(data: bytes, root: str = "/workspace") -> tuple[dict[str, CaseResult], bool]:
+    """Outcomes from `MOCHA_REPORTER`'s rows: id `file::suite > ... > test` (the test's title path).
+    A failing hook is a failed case of its own (`file::suite > "before all" hook ...`); the tests it
+    kept from running are missing, so they count as failed. `complete`: the end row was written."""
+    out: dict[str, CaseResult] = {}
+    complete = False
+    for line in _text(data).splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict):
+            continue
+        if row.get("type") == "end":
+            complete = True
+        elif (row.get("type") == "test" and row.get("state") in ("passed", "failed", "skipped")
+              and isinstance(row.get("path"), list)):
+            title = " > ".join(str(t) for t in row["path"])
+            _put(out, f"{_relative(str(row.get('file') or ''), root)}::{title}", row["state"],
+                 str(row.get("message") or ""))
+    return out, complete
+
+
+# --- jest --json ------------------------------------------------------------------------------------
+
+_JEST_STATUS = {"passed": "passed", "failed": "failed", "pending": "skipped", "skipped": "skipped",
+                "todo": "skipped", "disabled": "skipped", "focused": "passed"}
+
+
+def parse_jest_json(data: bytes, files: list[str], root: str = "/workspace") -> tuple[dict[str, CaseResult], bool]:
+    """Outcomes from jest's JSON report: id `file::describe > ... > test`. A test file that failed to
+    run (a syntax error, an exception at load) is an "error" case with the file's path as its id.
+    `complete`: the report names every requested file (jest writes it once, at the very end)."""
+    text = _text(data)
+    if not text.strip():
+        return {}, False
+    try:
+        report = json.loads(text)
+    except ValueError as e:
+        raise ReportError(f"jest's report is not JSON ({e})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("testResults"), list):
+        raise ReportError("jest's report has no testResults list")
+    out: dict[str, CaseResult] = {}
+    seen: set[str] = set()
+    for suite in report["testResults"]:
+        if not isinstance(suite, dict):
+            continue
+        rel = _relative(str(suite.get("name", "")), root)
+        seen.add(rel)
+        cases = [a for a in suite.get("assertionResults") or [] if isinstance(a, dict)]
+        for a in cases:
+            path = [str(t) for t in a.get("ancestorTitles") or []] + [str(a.get("title", ""))]
+            outcome = _JEST_STATUS.get(str(a.get("status")), "failed")
+            msg = " ".join(str(m) for m in a.get("failureMessages") or [])
+            _put(out, f"{rel}::{' > '.join(path)}", outcome, msg if outcome == "failed" else "")
+        if suite.get("testExecError") or (suite.get("status") == "failed" and not cases):
+            _put(out, rel, "error", str(suite.get("message") or suite.get("testExecError") or "the file did not run"))
+    return out, all(f in seen for f in files)
 
 
 # --- go test2json ------------------------------------------------------------------------------------

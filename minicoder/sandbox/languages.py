@@ -7,16 +7,18 @@ runner; the others live in `lang_runners.py`:
 
   language     test_cmd (Environment.test_cmd)      image                 report (outside the workspace)
   python       python -m pytest                      minicoder/python:3.11 pytest JUnit XML
-  javascript   node --test | tape                    minicoder/node:18     node:test TAP file | tape rows (JSON lines)
+  javascript   node --test | tape | mocha | jest     minicoder/node:18     node:test TAP file | tape rows | our mocha
+                                                                           reporter's rows | jest --json
   go           go test ./...                         minicoder/go:1.19     `go tool test2json` JSON + a sentinel file
   rust         cargo test                            minicoder/rust:1.63   libtest `--logfile` per test target
 
 Toolchains come from Debian's packages (bookworm: nodejs 18, golang-go 1.19, rustc 1.63 + cargo,
-node-tape): baked into the images (envs/lang/, `lang_images.py`) and installed on the host by
+node-tape, mocha, jest): baked into the images (envs/lang/, `lang_images.py`) and installed on the host by
 `scripts/setup.sh` for the local backend, which sees the host's /usr read-only.
 
 Test ids: `file::name` as in pytest for JavaScript (`test/a.test.js::suite > case`) and Rust
-(`tests/parse.rs::module::case`); `package-dir::TestName[/subtest]` for Go (`mathx::TestMean`,
+(`tests/parse.rs::module::case`; the unit tests inside the sources by their target,
+`src/lib.rs::module::tests::case`); `package-dir::TestName[/subtest]` for Go (`mathx::TestMean`,
 `.::TestRoot`), since Go reports tests by package, not by file. A bare path selects everything in
 that file (Go: in that file's package).
 
@@ -57,8 +59,11 @@ def go_is_test(path: str) -> bool:
 
 
 def rust_is_test(path: str) -> bool:
+    """Integration tests (tests/...), and a source file that is all tests (`#[cfg(test)] mod tests;`
+    declares src/.../tests.rs). Unit tests *inside* a source file are guarded by `rust_tests.py`."""
     p = PurePosixPath(path)
-    return p.suffix == ".rs" and (p.parts[0] == "tests" or "tests" in p.parts[1:-1])
+    return p.suffix == ".rs" and (p.parts[0] == "tests" or "tests" in p.parts[1:-1]
+                                  or (p.parts[0] == "src" and p.stem in ("tests", "test")))
 
 
 # --- which files a candidate may not change ----------------------------------------------------
@@ -154,23 +159,64 @@ def image_for_language(name: str) -> str:
 def protect_language(ws, changed: list[str], test_patch: str, lang: Language) -> list[str]:
     """The non-Python counterpart of `patching.protect`: undo the candidate's changes to the
     language's test files and protected configuration (and to the files of the test_patch), then
-    apply the test_patch fresh. Returns the paths whose changes were dropped."""
+    apply the test_patch fresh. Rust source files the candidate changed keep its code but get the
+    reference's test items back (`rust_tests.with_reference_tests`; the reference is the base file
+    with the test_patch applied), or, when that cannot be done safely, the reference file whole.
+    Returns the paths whose changes were (partly) dropped."""
     from minicoder.gitdiff import patch_files
     from minicoder.sandbox.patching import protect, restore_path
 
     test_files = set(patch_files(test_patch)) if test_patch.strip() else set()
     dropped = []
+    inline: dict[str, tuple[bytes, bytes]] = {}  # Rust sources the candidate changed: (its version, base)
     for rel in changed:
-        if rel in test_files or lang.guarded(rel) or any(rel.startswith(t + "/") for t in test_files):
+        path = ws / rel
+        if (lang.name == "rust" and rel.endswith(".rs") and not lang.guarded(rel) and path.is_file()
+                and not path.is_symlink()):
+            candidate = path.read_bytes()
+            restore_path(ws, rel)
+            inline[rel] = (candidate, path.read_bytes() if path.is_file() else b"")
+        elif rel in test_files or lang.guarded(rel) or any(rel.startswith(t + "/") for t in test_files):
             restore_path(ws, rel)
             dropped.append(rel)
     protect(ws, [], test_patch, [])  # applies the test_patch (and drops stray bytecode)
+    for rel, (candidate, base) in inline.items():
+        _put_back_rust_source(ws, rel, candidate, base, dropped)
     return dropped
 
 
+def _put_back_rust_source(ws, rel: str, candidate: bytes, base: bytes, dropped: list[str]) -> None:
+    """Write the candidate's `rel` with the reference's test items (now in the workspace) into the
+    workspace; `rel` joins `dropped` when the candidate had changed its test items (or the file
+    could not be merged, and the reference stays)."""
+    import os
+
+    from minicoder.sandbox.patching import _safe_parent
+    from minicoder.sandbox.rust_tests import same_tests, with_reference_tests
+
+    path = ws / rel
+    reference = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
+    merged = with_reference_tests(candidate, reference)
+    if merged is None:  # unparsable, or it cannot be given the reference's tests: the reference stays
+        dropped.append(rel)
+        return
+    if not same_tests(candidate, base):
+        dropped.append(rel)
+    if merged == reference and path.is_file():
+        return
+    parent = _safe_parent(ws, rel, create=True)
+    target = parent / path.name
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(merged)
+
+
 def test_cmd_for(name: str, package_json: str | None = None) -> str:
-    """The Environment.test_cmd for a repository of language `name`. JavaScript: `tape ...` when its
-    package.json runs or depends on tape, else node's built-in runner."""
+    """The Environment.test_cmd for a repository of language `name`. JavaScript: `jest`, `mocha` or
+    `tape test/*.js` when its package.json's test script names that runner (else when it is a
+    dependency), else node's built-in runner."""
     if name == "javascript" and package_json:
         import json
 
@@ -179,9 +225,17 @@ def test_cmd_for(name: str, package_json: str | None = None) -> str:
         except ValueError:
             meta = {}
         if isinstance(meta, dict):
-            script = str((meta.get("scripts") or {}).get("test", "")) if isinstance(meta.get("scripts"), dict) else ""
-            deps = {**(meta.get("devDependencies") or {}), **(meta.get("dependencies") or {})} \
-                if isinstance(meta.get("devDependencies") or {}, dict) else {}
-            if re.search(r"\btape\b", script) or "tape" in deps:
-                return "tape test/*.js"
+            scripts = meta.get("scripts") if isinstance(meta.get("scripts"), dict) else {}
+            script = str(scripts.get("test", ""))
+            deps: dict = {}
+            for key in ("dependencies", "devDependencies"):
+                if isinstance(meta.get(key), dict):
+                    deps.update(meta[key])
+            for found in ([r for r in JS_TEST_RUNNERS if re.search(rf"\b{r}\b", script)], [r for r in JS_TEST_RUNNERS if r in deps]):
+                if found:
+                    return JS_TEST_RUNNERS[found[0]]
     return LANGUAGES[name].test_cmd
+
+
+# JavaScript runners other than node's own, in the order they are looked for: the test command each gets
+JS_TEST_RUNNERS = {"jest": "jest", "mocha": "mocha", "tape": "tape test/*.js"}

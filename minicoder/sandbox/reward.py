@@ -56,6 +56,7 @@ from minicoder.sandbox.junit import ReportError, parse_junit
 from minicoder.sandbox.languages import language_of, protect_language
 from minicoder.sandbox.patching import decode_patch, protect
 from minicoder.sandbox.status import Status
+from minicoder.sandbox.verdict import exit_mismatch, limit_verdict
 
 # What the test process imports before any workspace path is on sys.path. The warm runner (zygote.py)
 # runs this once at start-up, so each forked child finds pytest already imported.
@@ -169,6 +170,7 @@ def pytest_args(task: Task) -> list[str]:
 RUNNER_OPTIONS = ["-p", "no:cacheprovider", "-o", "junit_family=xunit1", "-o", "junit_logging=no", "-q",
                   "--tb=short", "-W", "ignore::DeprecationWarning"]
 WARMUP_ARGS = RUNNER_OPTIONS
+PYTEST_EXIT_CODES = (0, 1, 2, 3, 4)  # ok, failures, interrupted, internal error, usage error
 
 
 def runner_argv(task: Task, test_ids: list[str], report_path: str) -> list[str]:
@@ -250,15 +252,11 @@ def _read_report(sb: Sandbox, name: str) -> bytes | None:
 
 
 def _judge(tr: TestRun, res: ExecResult, data: bytes | None) -> None:
-    """Set tr.status / outcomes from the exit status and the report, with the cross-checks."""
-    if res.timed_out:
-        tr.status, tr.message = Status.TIMEOUT, f"tests did not finish within {res.duration_s:.1f}s"
-        return
-    if res.oom_killed:
-        tr.status, tr.message = Status.OOM, "killed by the out-of-memory killer"
-        return
-    if res.disk_exceeded:
-        tr.status, tr.message = Status.DISK_LIMIT, "the workspace grew past its disk quota"
+    """Set tr.status / outcomes from the exit status and the report, with the cross-checks of
+    `verdict.py` (pytest writes its JUnit file at the end of the session: a report is a complete one)."""
+    limit = limit_verdict(res)
+    if limit:
+        tr.status, tr.message = limit
         return
     if data is None:
         if res.exit_code == 0:
@@ -279,12 +277,9 @@ def _judge(tr: TestRun, res: ExecResult, data: bytes | None) -> None:
         tr.status, tr.message = Status.NO_TESTS, "the report holds no test cases"
         return
     bad = [k for k, v in cases.items() if v.outcome in ("failed", "error")]
-    if res.exit_code == 0 and bad:
-        tr.status, tr.message = Status.REPORT_MISMATCH, f"exit status 0 but the report has {len(bad)} failing test(s)"
-    elif res.exit_code in (1, 2, 3, 4) and not bad:
-        tr.status, tr.message = Status.REPORT_MISMATCH, f"exit status {res.exit_code} but the report has no failure"
-    elif res.exit_code not in (0, 1, 2, 3, 4):  # 4: usage error, e.g. an id that collection lost
-        tr.status, tr.message = Status.REPORT_MISMATCH, f"unexpected pytest exit status {res.exit_code} ({res.summary()})"
+    why = exit_mismatch(res.exit_code, len(bad), True, "pytest", expected=PYTEST_EXIT_CODES)
+    if why:
+        tr.status, tr.message = Status.REPORT_MISMATCH, why + ("" if why.startswith("exit") else f" ({res.summary()})")
     else:
         tr.status = Status.OK
     if any("MemoryError" in m for m in tr.messages.values()):

@@ -38,6 +38,7 @@ from typing import Any
 from minicoder.gitdiff import diff_snapshots, snapshot_files
 from minicoder.record import Environment, Task
 from minicoder.sandbox.languages import LANGUAGES, test_cmd_for
+from minicoder.sandbox.rust_tests import is_test_item as _is_test_item
 from minicoder.tasks.mutate import OPERATORS, Mutation, MutationError, Outcome, Subject, sample_mutations
 from minicoder.tasks.mutate import build_candidate as _build_candidate
 
@@ -117,17 +118,6 @@ def parses_cleanly(language: str, source: str) -> bool:
 
 
 # --- walking -----------------------------------------------------------------------------------
-
-def _is_test_item(node) -> bool:
-    """Rust: an item carrying #[test] or #[cfg(test)] (the attributes are its preceding siblings)."""
-    prev = node.prev_named_sibling
-    while prev is not None and prev.type == "attribute_item":
-        text = prev.text.decode(errors="replace")
-        if re.search(r"#\[\s*(test|cfg\(\s*test\s*\))\s*\]", text):
-            return True
-        prev = prev.prev_named_sibling
-    return False
-
 
 def _walk(node, g: Grammar) -> Iterator[Any]:
     for child in node.named_children:
