@@ -71,7 +71,7 @@ def taught_model(n_tasks: int = 1, target_nll: float = 1.0, max_steps: int = 300
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     nll = [float("inf")]
     step = 0
-    for step in range(1, max_steps + 1):
+    for step in range(1, max_steps + 1):  # noqa: B007 -- the count is returned
         opt.zero_grad()
         nll = []
         for x, y in rows:

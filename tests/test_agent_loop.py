@@ -146,8 +146,8 @@ def tok():
 
 
 def test_context_limit(tasks, tok):
-    from minicoder.agent.tokens import encode_conversation
     from minicoder.agent.loop import initial_messages
+    from minicoder.agent.tokens import encode_conversation
 
     path = tasks[0].metadata["path"]
     prompt = len(encode_conversation(initial_messages(tasks[0]), tok, ToolConfig.toy().specs(), True)[0])
