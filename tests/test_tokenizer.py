@@ -89,6 +89,17 @@ def test_save_load(tok, tmp_path, held_out):
         assert (t.eos_id, t.pad_id, t.vocab_size, t.special_ids) == (tok.eos_id, tok.pad_id, tok.vocab_size, tok.special_ids)
 
 
+def test_pickle_round_trip(tok, held_out):
+    """Ray actors and worker processes get the tokenizer pickled: same ids, specials and a working lock."""
+    import pickle
+
+    tok2 = pickle.loads(pickle.dumps(tok))
+    assert tok2._lock is not tok._lock and tok2.special_ids == tok.special_ids
+    text = held_out[0][0].text[:2000] + "<|im_start|>"
+    assert tok2.encode(text) == tok.encode(text)
+    assert tok2.encode(text, allow_special=True) == tok.encode(text, allow_special=True)
+
+
 def test_encode_documents_appends_eos(tok, train_texts):
     texts = train_texts[:4]
     rag = tok.encode_documents(texts)

@@ -115,6 +115,15 @@ class CodeTokenizer:
         self.pad_id: int = pad
         self._lock = threading.Lock()  # encode_special_tokens is a switch on the shared Rust object
 
+    def __getstate__(self) -> dict:  # pickling (Ray actors, worker processes): a lock is per process
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     # ---- properties
     @property
     def vocab_size(self) -> int:

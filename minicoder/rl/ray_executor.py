@@ -28,6 +28,29 @@ def _ray():
     return ray
 
 
+def start_local_ray(num_cpus: int, env_vars: dict[str, str] | None = None, attempts: int = 3) -> None:
+    """Start a local Ray cluster (no dashboard), retrying a failed start.
+
+    Ray's raylet gives up when its dashboard agent has not written its port file within a fixed 15 s
+    (ray-project/ray#65983); on a loaded 2-core machine the agent's imports alone can take that long
+    the first time, and a second start (warm page cache) usually makes it. Raises the last error,
+    with the load average, after `attempts` tries."""
+    import os
+
+    ray = _ray()
+    err: Exception | None = None
+    for _ in range(attempts):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                     runtime_env={"env_vars": dict(env_vars or {})})
+            return
+        except Exception as e:  # noqa: BLE001 -- Ray raises several kinds here; retried, then re-raised
+            err = e
+            ray.shutdown()
+    raise RuntimeError(f"a local Ray cluster did not start in {attempts} tries (load average "
+                       f"{os.getloadavg()[0]:.1f}; Ray's raylet waits a fixed 15 s for its dashboard agent, "
+                       f"ray-project/ray#65983): {err}") from err
+
 class RayExecutor:
     name = "ray"
 
@@ -36,9 +59,8 @@ class RayExecutor:
         from minicoder.rl.grpo import frozen_copy
 
         if not ray.is_initialized():
-            ray.init(num_cpus=max(2, cfg.rollout_workers * cfg.gen_threads + cfg.eval_workers),
-                     include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-                     runtime_env={"env_vars": {"OMP_NUM_THREADS": str(cfg.gen_threads)}})
+            start_local_ray(num_cpus=max(2, cfg.rollout_workers * cfg.gen_threads + cfg.eval_workers),
+                            env_vars={"OMP_NUM_THREADS": str(cfg.gen_threads)})
         self.cfg, self.ray = cfg, ray
 
         @ray.remote(num_cpus=0)
