@@ -159,8 +159,9 @@ def warm_start(tasks, out, steps: int = 300, lr: float = 3e-3, model_preset: str
     ds = PackedDataset.from_token_lists(ids, seq_len, trainable=masks, pad_id=tok.pad_id)
     overrides = {"kernel": "torch", "num_nextn_predict_layers": 0, **model_overrides}
     model, mcfg = build_model(model_preset, vocab_size=tok.vocab_size, seed=seed, **overrides)
+    # every 50-step checkpoint is kept: an earlier one is a weaker warm start (see `export_checkpoint`)
     cfg = TrainConfig(steps=steps, rows=rows, lr=lr, warmup_steps=min(20, steps // 10 + 1), ckpt_every=50,
-                      keep_last=2, seed=seed, progress=progress, log_every=1)
+                      keep_last=steps // 50 + 1, seed=seed, progress=progress, log_every=1)
     tr = Trainer(model, ds, cfg, out_dir=out, model_config=mcfg, extra_state={"tokenizer": str(tok_path)})
     if resume:
         tr.resume()
