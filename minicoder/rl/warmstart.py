@@ -171,3 +171,23 @@ def warm_start(tasks, out, steps: int = 300, lr: float = 3e-3, model_preset: str
     return {"final": str(final), "episodes": len(episodes), "tokens": int(sum(map(len, ids))),
             "policy_tokens": int(sum(map(sum, masks))), "steps": tr.step,
             "loss": recs[-1]["loss"] if recs else None, "parameters": model.num_parameters()}
+
+
+def export_checkpoint(run_dir, step: int, folder=None):
+    """The warm-start run's checkpoint at `step` as a model folder (default ``run_dir/step_<step>``).
+
+    A warm start must leave RL something to learn (sampled pass@1 of ~15-40%, pass@k well above):
+    an earlier checkpoint of the same run is a weaker starting point when the final one is too strong."""
+    from pathlib import Path
+
+    from minicoder.config import ModelConfig
+    from minicoder.data.tokenizer import CodeTokenizer
+    from minicoder.model import HybridLM
+    from minicoder.rl.report import export_final
+    from minicoder.train import checkpoint as ckpt
+
+    run_dir = Path(run_dir)
+    state = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir / "checkpoints", step))
+    model = HybridLM(ModelConfig(**state["config"]["model"]))
+    model.load_state_dict(state["model"])
+    return export_final(model, CodeTokenizer.load(run_dir / "tokenizer.json"), folder or run_dir / f"step_{step}")
