@@ -57,11 +57,13 @@ class AgentLimits:
 
 @dataclass
 class Job:
-    """One rollout to run: a task, its sample number in the group, and the seed of its sampler."""
+    """One rollout to run: a task, its sample number in the group, the seed of its sampler, and
+    which group of the batch it belongs to (the same task drawn twice in a step is two groups)."""
 
     task: Any
     sample: int = 0
     seed: int = 0
+    group: int = 0
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Trajectory:
     reward: float | None = None
     eval_status: str = ""
     eval_s: float = 0.0
+    group: int = 0  # the job's group in its batch
 
     @property
     def finished(self) -> bool:
@@ -190,7 +193,8 @@ def run_rollouts(policy, jobs: Sequence[Job], open_env: Callable[[Any], contextl
                 st.end, st.message = "env_error", f"diff failed: {type(e).__name__}: {e}"
         t = Trajectory(st.task_id, st.job.sample, st.job.seed, st.messages, st.tokens, st.mask, st.logprobs,
                        st.prompt_tokens, st.turn, st.end, st.invalid, st.refused, dict(st.tool_counts), diff,
-                       st.message, st.gen_s, st.tool_s, time.perf_counter() - st.start, policy_version)
+                       st.message, st.gen_s, st.tool_s, time.perf_counter() - st.start, policy_version,
+                       group=st.job.group)
         results[i] = t
         if on_done is not None:
             on_done(t)

@@ -113,7 +113,7 @@ def step_tasks(tasks: Sequence[Any], step: int, n: int, seed: int) -> list[Any]:
 def step_jobs(tasks: Sequence[Any], step: int, cfg: RLConfig) -> list[list[Job]]:
     """The step's rollouts, sharded: each shard is `groups_per_shard` groups of `group` samples."""
     chosen = step_tasks(tasks, step, cfg.tasks_per_step, cfg.seed)
-    jobs = [Job(t, s, sample_seed(cfg.seed, "rollout", step, gi, t.instance_id, s))
+    jobs = [Job(t, s, sample_seed(cfg.seed, "rollout", step, gi, t.instance_id, s), gi)
             for gi, t in enumerate(chosen) for s in range(cfg.group)]
     per = cfg.groups_per_shard * cfg.group
     return [jobs[i:i + per] for i in range(0, len(jobs), per)]
@@ -329,9 +329,9 @@ class RLRun:
 
     def _update(self, step: int, trajs: list[Trajectory], versions) -> dict[str, Any]:
         cfg = self.cfg
-        trajs = sorted(trajs, key=lambda t: (t.task_id, t.sample))
-        # one group per (step, task): the same task drawn twice in a step makes two groups
-        samples = [to_sample(t, f"{t.task_id}") for t in trajs]
+        trajs = sorted(trajs, key=lambda t: (t.group, t.sample))
+        # one group per (step, task draw): the same task drawn twice in a step makes two groups
+        samples = [to_sample(t, f"{t.group}:{t.task_id}") for t in trajs]
         m = grpo_step(self.trainer, samples, cfg.grpo, ref_model=self.ref)
         turns = sum(t.turns for t in trajs)
         ends: dict[str, int] = {}
