@@ -116,9 +116,9 @@ print("\nthe diff that was graded:\n" + traj.diff)
 # pass) carries no signal. So the model is first **mid-trained** on scripted episodes like the one
 # above (`minicoder warmstart`, the existing train stage with its token-weighted loss; only the
 # assistant turns carry loss), until its sampled pass@1 on held-out tasks is in the learnable range
-# (roughly 15-40%). That checkpoint is cached in `runs/warm/final`. Without it, we train a tiny one
-# here in about a minute: it has learned the tool format, rarely the fix, so its numbers below are
-# weak; the notebook's mechanics are the same.
+# (roughly 15-40%). That checkpoint is cached in `runs/warm/final`. Without it, we train a much
+# smaller one here (2 layers, hidden 64, no experts) in about a minute: it has learned the tool
+# format at best, rarely the fix, so its rollouts below are weak; the mechanics are the same.
 
 # %%
 from minicoder.agent.policies import LocalPolicy, load_model_folder
@@ -129,7 +129,10 @@ if (WARM / "config.json").is_file():
 else:
     tmp = Path(tempfile.mkdtemp(prefix="warm_"))
     t0 = time.perf_counter()
-    info = warmstart.warm_start(train[:48], tmp, steps=30 if CI else 60, rows=2, lr=3e-3, progress=False)
+    small = dict(hidden_size=64, num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
+                 num_attention_heads=2, num_key_value_heads=1, head_dim=32, num_experts=0, intermediate_size=128,
+                 linear_num_key_heads=1, linear_num_value_heads=2, linear_key_head_dim=16, linear_value_head_dim=16)
+    info = warmstart.warm_start(train[:48], tmp, steps=60 if CI else 120, rows=2, lr=3e-3, progress=False, **small)
     WARM = Path(info["final"])
     print(f"trained a tiny warm start in {time.perf_counter() - t0:.0f}s: {info['episodes']} episodes, "
           f"{info['policy_tokens']} of {info['tokens']} tokens carry loss, final loss {info['loss']:.2f}")
