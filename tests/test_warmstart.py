@@ -1,0 +1,131 @@
+"""The warm start: scripted toy-family episodes played by the real agent loop in real sessions, graded
+by the hidden tests; the ids the warm start trains on are the ids the model sees when it acts; a tiny
+end-to-end run writes a model folder the agent can load, resumes without redoing episodes, and its
+checkpoint exports to the same weights."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from minicoder.agent.evaluate import grade
+from minicoder.agent.loop import AgentLimits, Job, run_rollouts
+from minicoder.agent.tokens import encode_conversation
+from minicoder.agent.tools import ToolConfig
+from minicoder.rl.toy_tasks import generate
+from minicoder.rl.warmstart import (
+    DEFAULT_MIX,
+    SCRIPTS,
+    export_checkpoint,
+    family_tokenizer,
+    pick_script,
+    scripted_policy,
+    warm_start,
+)
+
+pytest.importorskip("minicoder.sandbox.session")
+TOOLS = ToolConfig.toy()
+
+
+@pytest.fixture(scope="module")
+def opener():
+    from minicoder.agent.cli import session_opener
+
+    return session_opener("local")
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return generate("train", 12, seed=3)
+
+
+def test_every_script_reaches_reward_one_and_retry_reads_a_failure(tasks, opener):
+    # one task per script, each played in a real session and graded with the hidden tests
+    picked = {s: t for s, t in zip(SCRIPTS, tasks)}
+    scripts = {t.instance_id: s for s, t in picked.items()}
+    trajs = run_rollouts(scripted_policy(scripts), [Job(t) for t in picked.values()], opener, tool_cfg=TOOLS,
+                         limits=AgentLimits(max_turns=8))
+    by_id = {t.instance_id: t for t in picked.values()}
+    for tr in trajs:
+        script = scripts[tr.task_id]
+        assert tr.end_reason == "submitted" and tr.invalid_calls == 0, (script, tr.end_reason, tr.message)
+        assert grade(by_id[tr.task_id], tr).reward == 1.0, (script, tr.eval_status)
+        runs = [m["content"] for m in tr.messages if m["role"] == "tool" and m["name"] == "run_tests"]
+        assert runs[-1].endswith("0 failed"), (script, runs[-1])  # the last run before submit passes
+        if script in ("retry", "test_first", "run_first"):
+            assert "FAILED" in runs[0], (script, runs[0])  # it saw the failure first
+        if script == "retry":  # two edits: the wrong fix, then the right one after reading the failure
+            assert tr.tool_calls["str_replace"] == 2 and tr.turns == 6
+
+
+def test_scripted_policy_leaves_the_bug_when_the_script_does(tasks, opener):
+    # a control: without the fix the same loop and grader give 0 (the reward is not handed out)
+    from minicoder.agent.policies import ScriptedPolicy, call
+
+    t = tasks[0]
+    tr = run_rollouts(ScriptedPolicy(lambda st: [call("run_tests"), call("submit")][min(st.turn, 1)]), [Job(t)],
+                      opener, tool_cfg=TOOLS)[0]
+    assert tr.end_reason == "submitted" and tr.diff == ""
+    assert grade(t, tr).reward == 0.0
+
+
+def test_pick_script_is_deterministic_and_follows_the_mix():
+    ts = generate("train", 400, seed=5)
+    picks = [pick_script(t, seed=0) for t in ts]
+    assert picks == [pick_script(t, seed=0) for t in ts]
+    assert picks != [pick_script(t, seed=1) for t in ts]
+    share = Counter(picks)
+    for s, w in DEFAULT_MIX.items():
+        assert abs(share[s] / len(ts) - w) < 0.08, (s, share)
+
+
+def test_training_ids_are_the_ids_the_model_sees_when_acting(tasks, opener):
+    """An episode recorded with a tokenizer (ids as the loop builds them turn by turn) equals the
+    warm start's encoding of its messages: mid-training teaches exactly the sequences of acting."""
+    from minicoder.data.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["def f(x):\n    return x + 1\n"] * 50 + [t.environment.files[t.metadata["path"]] for t in tasks],
+                          vocab_size=400)
+    scripts = {t.instance_id: "retry" for t in tasks[:2]}
+    trajs = run_rollouts(scripted_policy(scripts), [Job(t) for t in tasks[:2]], opener, tokenizer=tok, tool_cfg=TOOLS,
+                         limits=AgentLimits(max_turns=8, max_context_tokens=100_000, max_new_tokens=100_000))
+    for tr in trajs:
+        ids, mask = encode_conversation(tr.messages, tok, TOOLS.specs())
+        assert tok.decode(ids[-1:]) == "\n"  # the template's newline after the last <|im_end|>
+        assert tr.tokens == ids[:-1] and tr.mask == mask[:-1]
+        assert sum(tr.mask) > 0 and tr.mask[tr.prompt_tokens - 1] == 0
+
+
+def test_tiny_warm_start_end_to_end_resume_and_export(tmp_path, opener):
+    from minicoder.agent.policies import load_model_folder
+
+    ts = generate("train", 6, seed=4)
+    kw = dict(steps=2, rows=1, seq_len=1024, vocab_size=512, progress=False, open_env=opener,
+              hidden_size=32, num_hidden_layers=2, num_experts=4, moe_intermediate_size=16,
+              shared_expert_intermediate_size=32, intermediate_size=64)
+    res = warm_start(ts, tmp_path, **kw)
+    assert res["episodes"] == 6 and res["steps"] == 2 and 0 < res["policy_tokens"] < res["tokens"]
+    eps = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert [e["task_id"] for e in eps] == [t.instance_id for t in ts]
+    model, tok = load_model_folder(res["final"])
+    assert tok.vocab_size == model.config.vocab_size
+    exported, _ = load_model_folder(export_checkpoint(tmp_path, 2))
+    for (k, a), (_, b) in zip(model.state_dict().items(), exported.state_dict().items()):
+        assert torch.equal(a, b), k
+    # a second call finds the episodes and the finished training: nothing is redone
+    mtime = (tmp_path / "episodes.jsonl").stat().st_mtime_ns
+    res2 = warm_start(ts, tmp_path, resume=True, **kw)
+    assert res2["steps"] == 2 and (tmp_path / "episodes.jsonl").stat().st_mtime_ns == mtime
+
+
+def test_family_tokenizer_keeps_the_template_tokens_whole():
+    from minicoder.agent.chat import TEMPLATE_TOKENS
+
+    eps = [{"messages": [{"role": "user", "content": "fix it"},
+                         {"role": "assistant", "content": "", "tool_calls": [{"name": "submit", "arguments": {}}]}]}]
+    tok = family_tokenizer(eps, vocab_size=400, stdlib_files=5)
+    for t in TEMPLATE_TOKENS:
+        assert len(tok.encode(t, allow_special=True)) == 1, t
