@@ -150,9 +150,20 @@ def metrics_rows(results: dict[str, StageRecord]) -> list[tuple[str, str, Any]]:
         add("rewards", "gold patch reward (mean)", r["rewards"]["gold_reward"])
         add("rewards", "empty / hostile patch reward (mean)", r["rewards"]["wrong_reward"])
         add("rewards", "seconds per evaluation", r["rewards"]["seconds_per_evaluation"])
+    if "rl" in r:
+        ws = r["rl"].get("warm_start") or {}
+        add("rl", "warm start", {"cached": "cached runs/warm/final (minicoder warmstart)",
+                                 "tiny": "a tiny model warm-started in this run"}.get(ws.get("source"), ws.get("source")))
+        add("rl", "GRPO steps", r["rl"].get("steps"))
+        curve = (r["rl"].get("reward_curve") or {}).get("reward") or []
+        add("rl", "mean reward, last step", curve[-1] if curve else None)
     if "eval" in r and r["eval"].get("pass_at_1"):
         add("eval", "held-out pass@1 before RL", r["eval"]["pass_at_1"]["before"])
         add("eval", "held-out pass@1 after RL", r["eval"]["pass_at_1"]["after"])
+        for key, label in (("pass_at_1_greedy", "greedy pass@1"), ("pass_at_k", "pass@k")):
+            if r["eval"].get(key):
+                add("eval", f"held-out {label} before RL", r["eval"][key]["before"])
+                add("eval", f"held-out {label} after RL", r["eval"][key]["after"])
     for stage, res in r.items():
         for k, v in (res.get("summary") or {}).items():
             add(stage, k, v)
