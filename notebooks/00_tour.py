@@ -19,8 +19,8 @@
 # minicoder rebuilds, at toy size and for real, the system behind an agentic coding model
 # (Qwen3-Coder-Next): the data, the hybrid Gated DeltaNet / attention model with experts, the tasks
 # it learns from, the sandboxes that grade it, and the RL loop. Every notebook imports the library
-# (`minicoder/`), re-derives the one piece it teaches, checks it against the library, and ends with an
-# exercise (`minicoder.course.check`).
+# (`minicoder/`), re-derives the one piece it teaches, checks it against the library, and sets an
+# exercise at that key step (`minicoder.course.check`).
 #
 # | notebook | what it teaches | library |
 # |---|---|---|

@@ -19,6 +19,22 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 stamp="$VENV/.minicoder-installed"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 
+# The browser test (tests/test_browser.py) drives Debian's chromium with Playwright (Playwright's own
+# browser download needs its CDN). CI must run that test, so in CI (CI=true) or with
+# MINICODER_BROWSER=1 chromium is installed where we may (Debian, root); elsewhere the test skips
+# without it. Checked before the stamp so that a machine set up earlier still gets it.
+if ! command -v chromium >/dev/null 2>&1 && { [ "${CI:-}" = true ] || [ "${MINICODER_BROWSER:-}" = 1 ]; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing chromium (the browser test)"
+    export DEBIAN_FRONTEND=noninteractive
+    (apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }) \
+      || echo "[setup] warning: could not install chromium; the browser test will fail in CI"
+  else
+    echo "[setup] note: chromium not found; install it (apt-get install chromium) for the browser test"
+  fi
+fi
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
