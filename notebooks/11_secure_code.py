@@ -38,6 +38,7 @@
 # %%
 import os, platform, json
 from pathlib import Path
+import minicoder.viz.notebook  # noqa: F401  (figures that also render in static HTML: make site)
 import plotly.graph_objects as go
 import minicoder
 from minicoder.record import read_tasks

@@ -139,14 +139,14 @@ def assert_clean(p: Page, what: str) -> None:
 # --- the demo's report ------------------------------------------------------------------------------
 
 def demo_report(out: Path) -> Path:
-    """A real demo report: the quick profile's stages up to pretraining (3 steps) and the demo's own
+    """A real demo report: the quick profile's stages up to pretraining (2 steps) and the demo's own
     report writer. The later stages (tasks, mid-training, rewards) add tables, not figure kinds."""
     from minicoder.cli import build_parser
     from minicoder.demo.pipeline import load_results, run_stages
     from minicoder.demo.report import write_report
     from minicoder.demo.stages import STAGES
 
-    args = build_parser().parse_args(["demo", "--quick", "--train-steps", "3", "--backend", "local", "--out", str(out)])
+    args = build_parser().parse_args(["demo", "--quick", "--train-steps", "2", "--backend", "local", "--out", str(out)])
     args.profile, args.backend_resolved = "quick", "local"
     stages = [s for s in STAGES if s.name in ("corpus", "tokenizer", "pack", "model", "pretrain")]
     ran = run_stages(stages, out, args, log=lambda *_: None)
