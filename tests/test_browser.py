@@ -176,13 +176,17 @@ def test_demo_report_draws_every_figure_offline_without_console_errors(browser, 
 # --- a page of the course site ------------------------------------------------------------------------
 
 def test_course_site_page_of_notebook_01_draws_figures_and_the_slider_offline(browser, artifacts, tmp_path):
-    from minicoder.viz import site
-
     if shutil.which("npm") is None and not (ROOT / ".cache" / "site" / "html-manager" / "package" / "dist" / "embed.js").is_file():
         _missing("npm is not installed (the course page fetches the ipywidgets HTML manager with it, once)")
-    pages = site.build(ROOT / "notebooks", tmp_path / "site", only=["01"])
-    assert [p.name for p, _ in pages] == ["01_data_and_packing.html"]
-    page_path = pages[0][0]
+    # `make site`'s command for one page, in its own process (as make runs it; nbclient's event loop
+    # and Playwright's must not share this one)
+    out = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "minicoder.viz.site", "--only", "01", "--out", str(out)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    page_path = out / "01_data_and_packing.html"
+    assert sorted(p.name for p in out.glob("*.html")) == ["01_data_and_packing.html", "index.html"]
     # each figure's HTML view (also the one saved inside the slider's widget state) carries this class
     expected = page_path.read_text().count("plotly-graph-div minicoder-figure")
     assert expected >= 3, "the fill histogram, the strip picture and the slider's histogram"
