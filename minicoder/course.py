@@ -17,6 +17,7 @@ NotImplementedError("exercise ...")`` (the checker call after them stays).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -327,9 +328,11 @@ def _check_tile_loop(fn):
     import torch
 
     gen = torch.Generator().manual_seed(0)
+    # a compiled Triton kernel needs GPU tensors; in the interpreter (no GPU) CPU tensors
+    device = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
     for label, M, N, block in (("N a multiple of BLOCK", 3, 64, 16), ("a partial last tile", 4, 37, 16),
                                ("N < BLOCK", 2, 5, 16), ("one row", 1, 100, 32)):
-        x = torch.randn(M, N, generator=gen, dtype=torch.float32)
+        x = torch.randn(M, N, generator=gen, dtype=torch.float32).to(device)
         case = f"case '{label}' (M={M}, N={N}, BLOCK={block})"
         got = _call(fn, case, x.clone(), block)
         want = x.double().sum(1)
@@ -469,6 +472,88 @@ def _check_grpo_advantage(fn):
             if pop > 0 and np.allclose(got, (np.array(rewards) - np.mean(rewards)) / (pop + 1e-6), atol=1e-6):
                 raise Mismatch(f"{case}: use the sample standard deviation (divide by n - 1), as torch.std does")
         compare_arrays("advantages", np.asarray(got, dtype=float), np.asarray(want, dtype=float), case)
+        yield label
+
+
+# --- 11 · an exploit test --------------------------------------------------------------------------------------
+
+# Implementations of `visits_of` (notebook 11's SQL-injection task) the student's exploit test runs
+# against, with whether each is exploitable. Two come from the shipped task itself (its insecure
+# functional fix and its gold fix); the others are the variants a one-payload test misses.
+VARIANTS_11: list[tuple[str, bool, str | None]] = [
+    ("the task's insecure functional fix", True, None),
+    ("the task's secure gold fix", False, None),
+    ("a query quoted with double quotes", True,
+     'def visits_of(conn, patient):\n'
+     '    query = \'SELECT name FROM visits WHERE patient = "%s" ORDER BY name\' % patient\n'
+     '    return [name for (name,) in conn.execute(query)]\n'),
+    ("a blacklist that deletes ' OR '", True,
+     'def visits_of(conn, patient):\n'
+     '    patient = patient.replace(" OR ", " ")\n'
+     '    query = "SELECT name FROM visits WHERE patient = \'%s\' ORDER BY name" % patient\n'
+     '    return [name for (name,) in conn.execute(query)]\n'),
+    ("quotes escaped by doubling them (safe in SQLite)", False,
+     'def visits_of(conn, patient):\n'
+     '    query = "SELECT name FROM visits WHERE patient = \'%s\' ORDER BY name" % patient.replace("\'", "\'\'")\n'
+     '    return [name for (name,) in conn.execute(query)]\n'),
+    ("a parameterised query that also refuses quotes (raises ValueError)", False,
+     'def visits_of(conn, patient):\n'
+     '    if "\'" in patient or \'"\' in patient:\n'
+     '        raise ValueError("quotes are not allowed in a patient name")\n'
+     '    return [name for (name,) in conn.execute("SELECT name FROM visits WHERE patient = ? ORDER BY name", (patient,))]\n'),
+]
+
+
+def _variants_11() -> list[tuple[str, bool, Any, str]]:
+    """(label, exploitable, db namespace with connect/add_visit/visits_of, visits_of's source) per variant."""
+    from types import SimpleNamespace
+
+    from minicoder.gitdiff import apply_to_snapshot
+    from minicoder.record import read_tasks
+    from minicoder.sandbox.security import security_meta
+
+    tasks = read_tasks(ROOT / "data" / "tasks" / "security_tasks.jsonl")
+    task = next(t for t in tasks if security_meta(t)["template"] == "sorted_rows" and "clinic/db.py" in t.environment.files)
+    base = dict(task.environment.files)
+    out = []
+    for label, exploitable, override in VARIANTS_11:
+        if override is None:
+            patch = security_meta(task)["insecure_patch"] if exploitable else task.patch
+            source = apply_to_snapshot(base, patch)["clinic/db.py"]
+        else:
+            source = base["clinic/db.py"] + "\n\n" + override
+        ns: dict[str, Any] = {"__name__": "clinic.db"}
+        exec(compile(source, "clinic/db.py", "exec"), ns)
+        shown = override or source[source.index("def visits_of"):]  # the function is the module's last
+        db = SimpleNamespace(connect=ns["connect"], add_visit=ns["add_visit"], visits_of=ns["visits_of"])
+        out.append((label, exploitable, db, shown))
+    return out
+
+
+@exercise("11.exploit_test", "an exploit test for SQL injection (CWE-89)",
+          "test_injection(db) -> None  (db.connect(), db.add_visit(conn, name, patient), db.visits_of(conn, patient); "
+          "an assert fails when the attack works)")
+def _check_exploit_test(fn):
+    for label, exploitable, db, shown in _variants_11():
+        case = f"against {label}:\n{shown.rstrip()}\n"
+        try:
+            fn(db)
+            caught = False
+        except AssertionError:
+            caught = True
+        except NotImplementedError:
+            raise
+        except Exception as e:
+            raise Mismatch(f"{case}your test raised {type(e).__name__}: {e}. An exploit test fails only with an "
+                           "assert; catch what visits_of raises (refusing the input is a fine defence)") from e
+        if exploitable and not caught:
+            raise Mismatch(f"{case}this visits_of is injectable, but your test passed: try the attack with each "
+                           "quote character (' and \"), with a payload the blacklist keeps (lower-case `or`, "
+                           "`UNION SELECT`), and assert that no other patient's rows (or other tables) come back")
+        if not exploitable and caught:
+            raise Mismatch(f"{case}this visits_of is safe, but your test failed: assert only what an attack "
+                           "would change (rows that are not the patient's, data from other tables); an exception "
+                           "or an empty result is not an attack that worked")
         yield label
 
 

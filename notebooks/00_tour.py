@@ -19,8 +19,8 @@
 # minicoder rebuilds, at toy size and for real, the system behind an agentic coding model
 # (Qwen3-Coder-Next): the data, the hybrid Gated DeltaNet / attention model with experts, the tasks
 # it learns from, the sandboxes that grade it, and the RL loop. Every notebook imports the library
-# (`minicoder/`), re-derives the one piece it teaches, checks it against the library, and ends with an
-# exercise (`minicoder.course.check`).
+# (`minicoder/`), re-derives the one piece it teaches, checks it against the library, and sets an
+# exercise at that key step (`minicoder.course.check`).
 #
 # | notebook | what it teaches | library |
 # |---|---|---|
@@ -33,7 +33,8 @@
 # | 07 pretraining | token-weighted loss over packed rows, exact resume, FSDP2 | `minicoder.train` |
 # | 08 task synthesis | mined and mutated bug-fix tasks, validated | `minicoder.tasks` |
 # | 09 container rewards | sandboxed hidden tests as rewards, hostile patches | `minicoder.sandbox` |
-# | 10-11 | agentic RL and security tasks (with the RL and security stages) | `minicoder.rl` |
+# | 10 agentic RL | GRPO on sandbox rewards (written with the RL stage) | `minicoder.rl` |
+# | 11 secure code | exploit tests, a bandit penalty, func-sec@1 per vulnerability class | `minicoder.sandbox.security` |
 # | 12 scaling up | from toy to the full 80B config: accounting, memory, clusters | all |
 #
 # The whole loop at once: `make demo` (a report in `runs/demo/report.html`).

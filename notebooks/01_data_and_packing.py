@@ -154,6 +154,40 @@ assert mine == sorted(lib.bin_lengths().tolist())
 print(f"{len(lengths)} docs, {lengths.sum()} tokens: naive {t_naive*1e3:.0f} ms, library {t_lib*1e3:.1f} ms, "
       f"same {len(lib)} rows")
 
+# %% [markdown]
+# ### Exercise `01.best_fit_pack`
+#
+# Write Best-Fit Decreasing yourself: cut every document into pieces of at most `seq_len` tokens,
+# take the pieces longest first, and put each into the open bin with the **least room that still
+# fits it** (or a new bin). Return the bins as lists of `(doc, start, stop)`. The checker runs your
+# function on edge cases and random lengths and compares it with `best_fit_pack_reference`.
+
+# %%
+from minicoder.course import check
+
+
+def best_fit_pack(lengths, seq_len):
+    # BEGIN SOLUTION
+    pieces = [(d, s, min(n, s + seq_len)) for d, n in enumerate(lengths) for s in range(0, n, seq_len)]
+    pieces.sort(key=lambda p: -(p[2] - p[1]))  # longest first (a stable sort keeps document order)
+    bins, room = [], []
+    for d, s, e in pieces:
+        fits = [b for b in range(len(bins)) if room[b] >= e - s]
+        if fits:
+            b = min(fits, key=lambda b: room[b])  # the tightest fit: the best-fit search
+        else:
+            bins.append([])
+            room.append(seq_len)
+            b = len(bins) - 1
+        bins[b].append((d, s, e))
+        room[b] -= e - s
+    return bins
+    # END SOLUTION
+
+
+check("01.best_fit_pack", best_fit_pack);
+
+
 # %%
 packings = {"pad": pad_pack(lengths, L), "concat": concat_pack(lengths, L), "best-fit": pack_bfd(lengths, L)}
 print(f"{'method':<9}{'rows':>6}{'lower bd':>10}{'fill':>8}{'tokens dropped':>16}{'docs cut':>10}")
@@ -283,36 +317,3 @@ for L_big in (8192, 32768):
 # packed batch carries the boundaries so that neither attention nor the loss leaks across documents.
 # Next: `02_gated_deltanet` — the layer that reads these packed rows with a state that resets at each
 # `cu_seqlens` boundary.
-
-# %% [markdown]
-# ## Lab · exercise `01.best_fit_pack`
-#
-# Write Best-Fit Decreasing yourself: cut every document into pieces of at most `seq_len` tokens,
-# take the pieces longest first, and put each into the open bin with the **least room that still
-# fits it** (or a new bin). Return the bins as lists of `(doc, start, stop)`. The checker runs your
-# function on edge cases and random lengths and compares it with `best_fit_pack_reference`.
-
-# %%
-from minicoder.course import check
-
-
-def best_fit_pack(lengths, seq_len):
-    # BEGIN SOLUTION
-    pieces = [(d, s, min(n, s + seq_len)) for d, n in enumerate(lengths) for s in range(0, n, seq_len)]
-    pieces.sort(key=lambda p: -(p[2] - p[1]))  # longest first (a stable sort keeps document order)
-    bins, room = [], []
-    for d, s, e in pieces:
-        fits = [b for b in range(len(bins)) if room[b] >= e - s]
-        if fits:
-            b = min(fits, key=lambda b: room[b])  # the tightest fit: the best-fit search
-        else:
-            bins.append([])
-            room.append(seq_len)
-            b = len(bins) - 1
-        bins[b].append((d, s, e))
-        room[b] -= e - s
-    return bins
-    # END SOLUTION
-
-
-check("01.best_fit_pack", best_fit_pack);

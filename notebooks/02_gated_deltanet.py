@@ -252,6 +252,32 @@ for b in range(B):
 print("my_recurrence == minicoder.ops.gated_delta.naive for every batch row and head")
 
 # %% [markdown]
+# ### Exercise `02.delta_rule_step`
+#
+# One token of the gated delta rule, per batch and head: decay the state by `exp(g)`, compute the
+# error of its prediction for `k`, write `beta * error` along `k`, then read the **updated** state
+# with `q` (no query scaling here). Shapes: `S [B, H, K, V]`, `q, k [B, H, K]`, `v [B, H, V]`,
+# `g, beta [B, H]`; return `(o [B, H, V], S_new)`.
+
+# %%
+import torch
+
+from minicoder.course import check
+
+
+def delta_rule_step(S, q, k, v, g, beta):
+    # BEGIN SOLUTION
+    S = S * g.exp()[..., None, None]
+    pred = torch.einsum("bhkv,bhk->bhv", S, k)
+    S = S + k[..., :, None] * (beta[..., None] * (v - pred))[..., None, :]
+    return torch.einsum("bhkv,bhk->bhv", S, q), S
+    # END SOLUTION
+
+
+check("02.delta_rule_step", delta_rule_step);
+
+
+# %% [markdown]
 # ## 6. The chunked form: the same answer with matmuls
 #
 # The recurrence is $T$ dependent steps of small matrix-vector work: hopeless for a GPU (or a CPU's
@@ -353,28 +379,3 @@ fig.show()
 #   `chunk_gated_delta_rule(..., kernel=...)` call.
 #
 # Next: `03_gated_attention`, the one layer in four that keeps a KV cache.
-
-# %% [markdown]
-# ## Lab · exercise `02.delta_rule_step`
-#
-# One token of the gated delta rule, per batch and head: decay the state by `exp(g)`, compute the
-# error of its prediction for `k`, write `beta * error` along `k`, then read the **updated** state
-# with `q` (no query scaling here). Shapes: `S [B, H, K, V]`, `q, k [B, H, K]`, `v [B, H, V]`,
-# `g, beta [B, H]`; return `(o [B, H, V], S_new)`.
-
-# %%
-import torch
-
-from minicoder.course import check
-
-
-def delta_rule_step(S, q, k, v, g, beta):
-    # BEGIN SOLUTION
-    S = S * g.exp()[..., None, None]
-    pred = torch.einsum("bhkv,bhk->bhv", S, k)
-    S = S + k[..., :, None] * (beta[..., None] * (v - pred))[..., None, :]
-    return torch.einsum("bhkv,bhk->bhv", S, q), S
-    # END SOLUTION
-
-
-check("02.delta_rule_step", delta_rule_step);

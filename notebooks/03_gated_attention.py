@@ -246,6 +246,30 @@ g0 = gated_attention(fresh, x, cos, sin)[2]
 print(f"at initialisation the gate is sigmoid(~0) = {g0.mean():.3f} +- {g0.std():.3f} everywhere: training decides where it closes")
 
 # %% [markdown]
+# ### Exercise `03.output_gate`
+#
+# `q_proj` emits, **per head**, `[query | gate]` (2 × head_dim). Given that projection `qg
+# [B, T, H·2D]` and the attention output `attn [B, T, H·D]`, return what goes into `o_proj`:
+# `attn * sigmoid(gate)`. The checker captures both from the library's `GatedAttention`.
+
+# %%
+import torch
+
+from minicoder.course import check
+
+
+def output_gate(qg, attn, num_heads):
+    # BEGIN SOLUTION
+    b, t, _ = qg.shape
+    gate = qg.view(b, t, num_heads, -1).chunk(2, dim=-1)[1].reshape(b, t, -1)
+    return attn * torch.sigmoid(gate)
+    # END SOLUTION
+
+
+check("03.output_gate", output_gate);
+
+
+# %% [markdown]
 # ## 6. Packed documents: a block-diagonal causal mask
 #
 # Training rows hold several documents packed end to end (notebook 01). A token must not attend to the
@@ -433,26 +457,3 @@ for i in range(gates_g.shape[0]):
 #   loss with the gate, and training that tolerates larger learning rates).
 # * Read the printed numbers of *your* run rather than this paragraph: they are computed above, and the
 #   count of heads above 5x uniform is the quickest verdict.
-
-# %% [markdown]
-# ## Lab · exercise `03.output_gate`
-#
-# `q_proj` emits, **per head**, `[query | gate]` (2 × head_dim). Given that projection `qg
-# [B, T, H·2D]` and the attention output `attn [B, T, H·D]`, return what goes into `o_proj`:
-# `attn * sigmoid(gate)`. The checker captures both from the library's `GatedAttention`.
-
-# %%
-import torch
-
-from minicoder.course import check
-
-
-def output_gate(qg, attn, num_heads):
-    # BEGIN SOLUTION
-    b, t, _ = qg.shape
-    gate = qg.view(b, t, num_heads, -1).chunk(2, dim=-1)[1].reshape(b, t, -1)
-    return attn * torch.sigmoid(gate)
-    # END SOLUTION
-
-
-check("03.output_gate", output_gate);

@@ -96,6 +96,32 @@ print(f"token 0 goes to experts {ids[0].tolist()} with probabilities {[round(p, 
 
 
 # %% [markdown]
+# ### Exercise `04.topk_routing`
+#
+# Route tokens to experts: softmax over **all** experts (in a numerically safe way), keep the `k`
+# largest probabilities, and renormalise them to sum to 1 when `norm_topk_prob`. Return
+# `(ids [N, k], weights [N, k])`. The checker compares with `SparseMoE.route`.
+
+# %%
+import torch
+
+from minicoder.course import check
+
+
+def topk_route(logits, k, norm_topk_prob):
+    # BEGIN SOLUTION
+    probs = torch.softmax(logits.double(), dim=-1)
+    weights, ids = torch.topk(probs, k, dim=-1)
+    if norm_topk_prob:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return ids, weights
+    # END SOLUTION
+
+
+check("04.topk_routing", topk_route);
+
+
+# %% [markdown]
 # ## 2. Experts and the gated shared expert, token by token
 #
 # Each expert is a SwiGLU: $\mathrm{down}\big(\mathrm{silu}(\mathrm{gate}\,x) \odot \mathrm{up}\,x\big)$. The
@@ -382,28 +408,3 @@ for E_t in (16, 64):
 #   trainer uses it.
 # * Sorted dispatch and the naive loop agree in outputs and gradients; notebook 06 writes the grouped
 #   GEMM as a Triton kernel.
-
-# %% [markdown]
-# ## Lab · exercise `04.topk_routing`
-#
-# Route tokens to experts: softmax over **all** experts (in a numerically safe way), keep the `k`
-# largest probabilities, and renormalise them to sum to 1 when `norm_topk_prob`. Return
-# `(ids [N, k], weights [N, k])`. The checker compares with `SparseMoE.route`.
-
-# %%
-import torch
-
-from minicoder.course import check
-
-
-def route(logits, k, norm_topk_prob):
-    # BEGIN SOLUTION
-    probs = torch.softmax(logits.double(), dim=-1)
-    weights, ids = torch.topk(probs, k, dim=-1)
-    if norm_topk_prob:
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-    return ids, weights
-    # END SOLUTION
-
-
-check("04.topk_routing", route);

@@ -77,6 +77,26 @@ layer_strip(full.layer_types, "Qwen3-Coder-Next (full preset): 12 x (3 DeltaNet 
             moe=[full.is_moe_layer(i) for i in range(full.num_hidden_layers)]).show()
 
 # %% [markdown]
+# ### Exercise `05.layer_layout`
+#
+# The hybrid stack's layout as Qwen3-Next (and HF) define it: in every group of `interval` layers
+# the last one is gated attention (`"full_attention"`), the others Gated DeltaNet
+# (`"linear_attention"`). Write it; the checker compares with `ModelConfig`'s default layout.
+
+# %%
+from minicoder.course import check
+
+
+def layer_types(num_layers, interval):
+    # BEGIN SOLUTION
+    return ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(num_layers)]
+    # END SOLUTION
+
+
+check("05.layer_layout", layer_types);
+
+
+# %% [markdown]
 # ## 2. The toy model and its parameters
 #
 # The toy preset keeps every structural choice of the full model (head layout, GQA, partial RoPE,
@@ -357,22 +377,3 @@ tmp.cleanup()
 #   than all-attention.
 # * Checkpoints are Hugging Face's format: they round-trip bit-exactly and load into transformers with
 #   the same logits.
-
-# %% [markdown]
-# ## Lab · exercise `05.layer_layout`
-#
-# The hybrid stack's layout as Qwen3-Next (and HF) define it: in every group of `interval` layers
-# the last one is gated attention (`"full_attention"`), the others Gated DeltaNet
-# (`"linear_attention"`). Write it; the checker compares with `ModelConfig`'s default layout.
-
-# %%
-from minicoder.course import check
-
-
-def layer_types(num_layers, interval):
-    # BEGIN SOLUTION
-    return ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(num_layers)]
-    # END SOLUTION
-
-
-check("05.layer_layout", layer_types);

@@ -82,6 +82,43 @@ print("max |diff| vs PyTorch:", (y - x * g.exp()).abs().max().item())
 
 
 # %% [markdown]
+# ### Exercise `06.row_sums_tiled`
+#
+# The loop every kernel above is built on: one program per row walks the columns in tiles of
+# `BLOCK`, accumulating in registers, and masks the last partial tile. Write the kernel body (the
+# launcher is given). On a CPU this runs in the interpreter (set at the top of the notebook).
+
+# %%
+import torch
+import triton
+import triton.language as tl
+
+from minicoder.course import check
+
+
+@triton.jit
+def row_sums_kernel(x_ptr, out_ptr, N, BLOCK: tl.constexpr):
+    # BEGIN SOLUTION
+    row = tl.program_id(0)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, N, BLOCK):  # the tile loop
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.load(x_ptr + row * N + offs, mask=offs < N, other=0.0)
+    tl.store(out_ptr + row, tl.sum(acc, 0))
+    # END SOLUTION
+
+
+def row_sums(x, BLOCK):
+    x = x.contiguous()
+    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    row_sums_kernel[(x.shape[0],)](x, out, x.shape[1], BLOCK=BLOCK)
+    return out
+
+
+check("06.row_sums_tiled", row_sums);
+
+
+# %% [markdown]
 # ## 2 · One chunk in registers: `tl.cumsum`, decays and `tl.dot`
 #
 # Inside a chunk of $C$ tokens the delta rule needs, per head, the cumulative log decay
@@ -327,39 +364,3 @@ else:
 #   so the backward needs only one reverse pass.
 # - The MoE grouped GEMM wins by sorting tokens by expert and padding segments to the tile, so one
 #   launch serves every expert — including the ones that got no tokens (they just have no tiles).
-
-# %% [markdown]
-# ## Lab · exercise `06.row_sums_tiled`
-#
-# The loop every kernel above is built on: one program per row walks the columns in tiles of
-# `BLOCK`, accumulating in registers, and masks the last partial tile. Write the kernel body (the
-# launcher is given). On a CPU this runs in the interpreter (set at the top of the notebook).
-
-# %%
-import torch
-import triton
-import triton.language as tl
-
-from minicoder.course import check
-
-
-@triton.jit
-def row_sums_kernel(x_ptr, out_ptr, N, BLOCK: tl.constexpr):
-    # BEGIN SOLUTION
-    row = tl.program_id(0)
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, N, BLOCK):  # the tile loop
-        offs = start + tl.arange(0, BLOCK)
-        acc += tl.load(x_ptr + row * N + offs, mask=offs < N, other=0.0)
-    tl.store(out_ptr + row, tl.sum(acc, 0))
-    # END SOLUTION
-
-
-def row_sums(x, BLOCK):
-    x = x.contiguous()
-    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    row_sums_kernel[(x.shape[0],)](x, out, x.shape[1], BLOCK=BLOCK)
-    return out
-
-
-check("06.row_sums_tiled", row_sums);

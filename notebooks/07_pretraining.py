@@ -96,6 +96,31 @@ assert abs(H_mine - H) < 1e-12 and abs(H - unigram_entropy(targets)) < 1e-12
 print(f"unigram entropy H = {H:.3f} nats/token;  uniform over {tok.vocab_size} ids would be {math.log(tok.vocab_size):.3f}")
 
 # %% [markdown]
+# ### Exercise `07.loss_labels`
+#
+# The packed-batch loss mask, by hand: given one packed row's `input_ids` and `doc_ids` (-1 on
+# padding), return the pre-shifted labels (`input_ids[t + 1]` when t and t + 1 are in the same
+# piece, else -100). The trainer's loss is computed exactly on the positions you keep.
+
+# %%
+import numpy as np
+
+from minicoder.course import check
+
+
+def labels(input_ids, doc_ids):
+    # BEGIN SOLUTION
+    out = np.full_like(input_ids, -100)
+    same = (doc_ids[1:] == doc_ids[:-1]) & (doc_ids[:-1] >= 0)
+    out[:-1][same] = input_ids[1:][same]
+    return out
+    # END SOLUTION
+
+
+check("07.loss_labels", labels);
+
+
+# %% [markdown]
 # ## 2. The schedule and the optimizer
 #
 # Linear warmup, then cosine decay to 10% of the peak. The rate is a pure function of the step, so
@@ -309,27 +334,3 @@ print(f"identical after resuming: {len(a)} tensors")
 # - `minicoder train --config full --plan` prints the memory plan of the 80B configuration (how many
 #   80 GB GPUs its parameters, gradients, AdamW state and activations need).
 # - The RL stage (notebook 10) reuses this trainer's pieces and the tool-call parser above.
-
-# %% [markdown]
-# ## Lab · exercise `07.loss_labels`
-#
-# The packed-batch loss mask, by hand: given one packed row's `input_ids` and `doc_ids` (-1 on
-# padding), return the pre-shifted labels (`input_ids[t + 1]` when t and t + 1 are in the same
-# piece, else -100). The trainer's loss is computed exactly on the positions you keep.
-
-# %%
-import numpy as np
-
-from minicoder.course import check
-
-
-def labels(input_ids, doc_ids):
-    # BEGIN SOLUTION
-    out = np.full_like(input_ids, -100)
-    same = (doc_ids[1:] == doc_ids[:-1]) & (doc_ids[:-1] >= 0)
-    out[:-1][same] = input_ids[1:][same]
-    return out
-    # END SOLUTION
-
-
-check("07.loss_labels", labels);

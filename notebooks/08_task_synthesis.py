@@ -234,6 +234,49 @@ assert by_hand in {m.apply(src) for m in ms if m.operator == "flip_compare"}
 print(file_diff("m.py", src, by_hand))
 
 # %% [markdown]
+# ### Exercise `08.invert_condition`
+#
+# A mutation operator: for every condition of an `if`, `elif`, `while`, ternary or comprehension
+# `if`, make one mutant with that condition negated (`not (c)`, or `c` when it already starts with
+# `not`). Return the mutants' sources. The checker compares with `find_mutations(...,
+# operators=("invert_condition",))`.
+
+# %%
+import ast
+
+from minicoder.course import check
+
+
+def invert_condition(source):
+    # BEGIN SOLUTION
+    tree = ast.parse(source)
+    sites = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.If, ast.While, ast.IfExp)):
+            sites.append((node, "test", None))
+        if isinstance(node, ast.comprehension):
+            sites += [(node, "ifs", i) for i in range(len(node.ifs))]
+    mutants = []
+    for node, field, i in sites:
+        old = getattr(node, field) if i is None else node.ifs[i]
+        new = old.operand if isinstance(old, ast.UnaryOp) and isinstance(old.op, ast.Not) else ast.UnaryOp(ast.Not(), old)
+        if i is None:
+            setattr(node, field, new)
+        else:
+            node.ifs[i] = new
+        mutants.append(ast.unparse(tree))
+        if i is None:
+            setattr(node, field, old)
+        else:
+            node.ifs[i] = old
+    return mutants
+    # END SOLUTION
+
+
+check("08.invert_condition", invert_condition);
+
+
+# %% [markdown]
 # ### HumanEval as a source of subjects
 #
 # Each HumanEval problem becomes a tiny repository: `solution.py` = prompt + canonical solution. Its
@@ -425,45 +468,3 @@ assert all(ok for *_, ok, _ in lang_rows)
 # **What we built.** `minicoder synth git --repo PATH`, `minicoder synth mutate --source humaneval|PATH`
 # and `minicoder validate --tasks F --backend local|docker` run these pipelines resumably and write
 # a report; `data/tasks/seed_tasks.jsonl` is a validated HumanEval-derived seed set for the RL stage.
-
-# %% [markdown]
-# ## Lab · exercise `08.invert_condition`
-#
-# A mutation operator: for every condition of an `if`, `elif`, `while`, ternary or comprehension
-# `if`, make one mutant with that condition negated (`not (c)`, or `c` when it already starts with
-# `not`). Return the mutants' sources. The checker compares with `find_mutations(...,
-# operators=("invert_condition",))`.
-
-# %%
-import ast
-
-from minicoder.course import check
-
-
-def invert_condition(source):
-    # BEGIN SOLUTION
-    tree = ast.parse(source)
-    sites = []
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.If, ast.While, ast.IfExp)):
-            sites.append((node, "test", None))
-        if isinstance(node, ast.comprehension):
-            sites += [(node, "ifs", i) for i in range(len(node.ifs))]
-    mutants = []
-    for node, field, i in sites:
-        old = getattr(node, field) if i is None else node.ifs[i]
-        new = old.operand if isinstance(old, ast.UnaryOp) and isinstance(old.op, ast.Not) else ast.UnaryOp(ast.Not(), old)
-        if i is None:
-            setattr(node, field, new)
-        else:
-            node.ifs[i] = new
-        mutants.append(ast.unparse(tree))
-        if i is None:
-            setattr(node, field, old)
-        else:
-            node.ifs[i] = old
-    return mutants
-    # END SOLUTION
-
-
-check("08.invert_condition", invert_condition);

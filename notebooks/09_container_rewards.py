@@ -160,6 +160,41 @@ for name, patch in (("gold", task.patch), ("wrong (rounds)", wrong)):
     print(f"{name:<15} rule re-derived: {mine} == library: {results[name].reward}")
 
 # %% [markdown]
+# ### Exercise `09.reward`
+#
+# Cross-check the sandbox's grading: read a pytest JUnit XML report yourself (each `<testcase>` has
+# a `nodeid` property; `<failure>`, `<error>`, `<skipped>` children; an expected failure is a
+# `<skipped type="pytest.xfail">`) and return 1.0 only if every FAIL_TO_PASS and PASS_TO_PASS test
+# passed (an xfail counts as passing; a missing test as failed).
+
+# %%
+import xml.etree.ElementTree as ET
+
+from minicoder.course import check
+
+
+def reward(junit_xml, fail_to_pass, pass_to_pass):
+    # BEGIN SOLUTION
+    outcome = {}
+    for case in ET.fromstring(junit_xml).iter("testcase"):
+        nodeid = next(p.get("value") for p in case.iter("property") if p.get("name") == "nodeid")
+        skipped = case.find("skipped")
+        if case.find("failure") is not None:
+            outcome[nodeid] = "failed"
+        elif case.find("error") is not None:
+            outcome[nodeid] = "error"
+        elif skipped is not None:
+            outcome[nodeid] = "xfailed" if skipped.get("type") == "pytest.xfail" else "skipped"
+        else:
+            outcome[nodeid] = "passed"
+    return 1.0 if all(outcome.get(t) in ("passed", "xfailed") for t in fail_to_pass + pass_to_pass) else 0.0
+    # END SOLUTION
+
+
+check("09.reward", reward);
+
+
+# %% [markdown]
 # ## 6 · Latency per backend
 #
 # A few evaluations of the gold patch per available backend (more in `bench/sandbox.py`, which also
@@ -306,37 +341,3 @@ if "docker" in BACKENDS:
 # `os._exit` right after pytest, exit-status cross-check) but not impossible. Both backends share the
 # host kernel. The local backend has no CPU quota and bounds memory per process (RLIMIT_AS), not per
 # tree. Rewards are only as good as the hidden tests: a weak test suite rewards weak fixes.
-
-# %% [markdown]
-# ## Lab · exercise `09.reward`
-#
-# Cross-check the sandbox's grading: read a pytest JUnit XML report yourself (each `<testcase>` has
-# a `nodeid` property; `<failure>`, `<error>`, `<skipped>` children; an expected failure is a
-# `<skipped type="pytest.xfail">`) and return 1.0 only if every FAIL_TO_PASS and PASS_TO_PASS test
-# passed (an xfail counts as passing; a missing test as failed).
-
-# %%
-import xml.etree.ElementTree as ET
-
-from minicoder.course import check
-
-
-def reward(junit_xml, fail_to_pass, pass_to_pass):
-    # BEGIN SOLUTION
-    outcome = {}
-    for case in ET.fromstring(junit_xml).iter("testcase"):
-        nodeid = next(p.get("value") for p in case.iter("property") if p.get("name") == "nodeid")
-        skipped = case.find("skipped")
-        if case.find("failure") is not None:
-            outcome[nodeid] = "failed"
-        elif case.find("error") is not None:
-            outcome[nodeid] = "error"
-        elif skipped is not None:
-            outcome[nodeid] = "xfailed" if skipped.get("type") == "pytest.xfail" else "skipped"
-        else:
-            outcome[nodeid] = "passed"
-    return 1.0 if all(outcome.get(t) in ("passed", "xfailed") for t in fail_to_pass + pass_to_pass) else 0.0
-    # END SOLUTION
-
-
-check("09.reward", reward);

@@ -27,7 +27,8 @@
 #
 # 1. a task: its statement (no word about security), the hinted variant, the code it starts from;
 # 2. the two fixes written with it: the secure gold patch and the insecure *functional* fix;
-# 3. the exploit tests, run in the sandbox: the attack succeeds against the insecure fix;
+# 3. the exploit tests, run in the sandbox: the attack succeeds against the insecure fix (and an
+#    exercise: write one);
 # 4. why a functional test alone rewards the insecure fix, and the three-part security reward;
 #    the scalar rule re-derived and checked against the library;
 # 5. the static-analysis penalty (bandit) on a diff;
@@ -37,6 +38,7 @@
 # %%
 import os, platform, json
 from pathlib import Path
+import minicoder.viz.notebook  # noqa: F401  (figures that also render in static HTML: make site)
 import plotly.graph_objects as go
 import minicoder
 from minicoder.record import read_tasks
@@ -124,7 +126,42 @@ for i in ids:
 # The insecure fix passes every functional test and fails both exploit tests: the attack really
 # works against it (the exploit test's own assertion, `got == []`, fails because other users' rows
 # came back). The secure fix passes everything.
+
+# %% [markdown]
+# ### Exercise `11.exploit_test`
 #
+# Write the exploit test yourself. `test_injection(db)` gets the module under test (`db.connect()`,
+# `db.add_visit(conn, name, patient)`, `db.visits_of(conn, patient)`), performs the attack and
+# fails with an `assert` when it works; refusing the input (raising) is a fine defence, not a
+# failure. The checker runs your test against six implementations of `visits_of`: this task's
+# insecure and secure fixes, and four others (a different quote character, a blacklist, escaped
+# quotes, a refusal); it must fail exactly on the injectable ones.
+
+# %%
+from minicoder.course import check
+
+
+def test_injection(db):
+    # BEGIN SOLUTION
+    payloads = [f"nobody{q} {op} {q}1{q}={q}1" for q in "'\"" for op in ("OR", "or")]
+    payloads += [f"x{q} UNION SELECT token FROM secrets --" for q in "'\""]
+    for payload in payloads:
+        conn = db.connect()
+        db.add_visit(conn, "xray", "alice")
+        conn.execute("CREATE TABLE secrets (token TEXT)")
+        conn.execute("INSERT INTO secrets VALUES ('tok-9f3a')")
+        try:
+            got = db.visits_of(conn, payload)
+        except Exception:
+            continue  # refused: the attack did not work
+        assert not got, f"the payload {payload!r} returned {got!r}: nobody has that name"
+    # END SOLUTION
+
+
+check("11.exploit_test", test_injection);
+
+
+# %% [markdown]
 # ## 4 · What each reward pays
 #
 # `evaluate(task, patch, security=False)` is notebook 09's reward: FAIL_TO_PASS and PASS_TO_PASS

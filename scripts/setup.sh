@@ -19,6 +19,28 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 stamp="$VENV/.minicoder-installed"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 
+# The browser tests (tests/test_browser.py) drive Debian's chromium with Playwright (Playwright's own
+# browser download needs its CDN) and build one course page, which fetches the ipywidgets HTML
+# manager with npm once. CI must run them, so in CI (CI=true) or with MINICODER_BROWSER=1 what is
+# missing of chromium and npm is installed where we may (Debian, root); elsewhere those tests skip
+# without chromium. Checked before the stamp so that a machine set up earlier still gets them.
+if [ "${CI:-}" = true ] || [ "${MINICODER_BROWSER:-}" = 1 ]; then
+  browser_pkgs=()
+  command -v chromium >/dev/null 2>&1 || browser_pkgs+=(chromium)
+  command -v npm >/dev/null 2>&1 || browser_pkgs+=(npm)
+  if [ ${#browser_pkgs[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "[setup] installing ${browser_pkgs[*]} (the browser tests)"
+      export DEBIAN_FRONTEND=noninteractive
+      (apt-get install -y -qq --no-install-recommends "${browser_pkgs[@]}" >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${browser_pkgs[@]}" >/dev/null; }) \
+        || echo "[setup] warning: could not install ${browser_pkgs[*]}; the browser tests will fail in CI"
+    else
+      echo "[setup] note: missing ${browser_pkgs[*]} (apt-get install ${browser_pkgs[*]}) for the browser tests"
+    fi
+  fi
+fi
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi

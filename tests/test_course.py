@@ -32,13 +32,28 @@ def exercise_cells() -> list[tuple[str, str, str]]:
     return out
 
 
-def test_notebooks_01_to_09_each_have_an_exercise_and_every_checker_a_cell():
+def test_notebooks_01_to_11_each_have_an_exercise_and_every_checker_a_cell():
     cells = exercise_cells()
     per_nb = {nb[:2] for nb, _, _ in cells}
-    assert {f"{i:02d}" for i in range(1, 10)} <= per_nb
+    assert {f"{i:02d}" for i in range(1, 12) if i != 10} <= per_nb
     names = {n for _, n, _ in cells}
     assert None not in names
-    assert set(EXERCISES) - names <= {"10.grpo_advantage"}  # notebook 10 comes with the RL stage
+    assert set(EXERCISES) - names <= {"10.grpo_advantage"}  # notebook 10 is written with the RL stage
+    assert all(1 <= sum(nb == n for nb, _, _ in cells) <= 3 for n in {nb for nb, _, _ in cells})
+
+
+def test_each_exercise_sits_at_its_key_step_not_at_the_end():
+    """The exercise comes right after the section that teaches its step: a later numbered section of
+    the same notebook follows it, and it is not in the notebook's last quarter."""
+    import jupytext
+
+    for src in SOURCES:
+        cells = jupytext.read(src).cells
+        at = [i for i, c in enumerate(cells) if c.cell_type == "code" and "# BEGIN SOLUTION" in c.source]
+        for i in at:
+            later = [c.source for c in cells[i + 1:] if c.cell_type == "markdown"]
+            assert any(re.search(r"^#{2,3} ", s, re.M) for s in later), f"{src.stem}: exercise at the end"
+            assert i < 0.75 * len(cells), f"{src.stem}: the exercise is cell {i} of {len(cells)}"
 
 
 @pytest.mark.slow
@@ -178,6 +193,38 @@ def reward_ignores_missing(xml, f2p, p2p):
     return 0.0 if bad & set(f2p + p2p) else 1.0
 
 
+def exploit_single_payload(db):
+    conn = db.connect()
+    db.add_visit(conn, "xray", "alice")
+    try:
+        got = db.visits_of(conn, "nobody' OR '1'='1")
+    except Exception:
+        return
+    assert got == []
+
+
+def exploit_any_error_is_an_attack(db):
+    conn = db.connect()
+    db.add_visit(conn, "xray", "alice")
+    for payload in ("nobody' OR '1'='1", 'nobody" OR "1"="1', "x' UNION SELECT name FROM visits --"):
+        try:
+            got = db.visits_of(conn, payload)
+        except Exception:
+            raise AssertionError("the attack crashed the query") from None
+        assert got == []
+
+
+def exploit_functional_only(db):
+    conn = db.connect()
+    db.add_visit(conn, "b", "alice")
+    db.add_visit(conn, "a", "alice")
+    assert db.visits_of(conn, "alice") == ["a", "b"]
+
+
+def exploit_uncaught_error(db):
+    db.visits_of(db.connect(), "x' UNION SELECT token FROM secrets --")
+
+
 WRONG = [
     ("01.best_fit_pack", first_fit, ["Best-Fit Decreasing gives [4, 10, 12]", "LEAST room"]),
     ("01.best_fit_pack", no_split, ["tokens > seq_len"]),
@@ -195,6 +242,10 @@ WRONG = [
     ("08.invert_condition", invert_if_only, ["missing mutant", "while"]),
     ("09.reward", reward_only_fail_to_pass, ["a PASS_TO_PASS test broken", "expected 0.0"]),
     ("09.reward", reward_ignores_missing, ["missing from the report", "a missing test counts as failed"]),
+    ("11.exploit_test", exploit_single_payload, ["double quotes", "injectable, but your test passed", "each quote"]),
+    ("11.exploit_test", exploit_any_error_is_an_attack, ["refuses quotes", "safe, but your test failed"]),
+    ("11.exploit_test", exploit_functional_only, ["the task's insecure functional fix", "injectable"]),
+    ("11.exploit_test", exploit_uncaught_error, ["raised OperationalError", "catch what visits_of raises"]),
 ]
 
 

@@ -16,6 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
+def kernel_cpu_seconds(client) -> float | None:
+    """CPU seconds (user + system, with its finished children) of the notebook's kernel, from /proc:
+    unlike wall time, about the same on a loaded machine as on an idle one."""
+    try:
+        pid = client.km.provisioner.process.pid
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 @pytest.mark.notebook
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -25,9 +36,12 @@ def test_notebook_runs(path: Path, tmp_path: Path):
 
     nb = nbformat.read(path, as_version=4)
     os.environ["MINICODER_CI"] = "1"
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    cpu: list[float | None] = [None]
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
+                            on_cell_executed=lambda **_: cpu.__setitem__(0, kernel_cpu_seconds(client) or cpu[0]))
     t0 = time.perf_counter()
     client.execute()
-    print(f"\n[notebook] {path.stem}: {time.perf_counter() - t0:.0f}s")
+    used = f", {cpu[0]:.0f}s kernel CPU" if cpu[0] is not None else ""
+    print(f"\n[notebook] {path.stem}: {time.perf_counter() - t0:.0f}s{used} (load average {os.getloadavg()[0]:.1f})")
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors

@@ -9,6 +9,7 @@ from pathlib import Path
 EPILOG = """examples:
   minicoder demo                       the default run (~10 minutes on 2 cores), artifacts in runs/demo/
   minicoder demo --quick               a few minutes (what the tests run)
+  minicoder demo --full                bench/rl_toy.py's settings (once the RL stage is in)
   minicoder demo --from pretrain       re-run pretraining and everything after it
   minicoder demo --set num_experts=32  a different model: the stages from pretrain on re-run
 A re-run skips every stage whose inputs and settings are unchanged; after Ctrl-C the same command
@@ -27,8 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                     "Stages: " + ", ".join(names)),
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=None,
-                   help="demo folder (default: runs/demo, or runs/demo-quick with --quick)")
-    p.add_argument("--quick", action="store_true", help="the small profile (a few minutes; the tests use it)")
+                   help="demo folder (default: runs/demo; runs/demo-quick with --quick, runs/demo-full with --full)")
+    profile = p.add_mutually_exclusive_group()
+    profile.add_argument("--quick", action="store_true", help="the small profile (a few minutes; the tests use it)")
+    profile.add_argument("--full", action="store_true",
+                         help="reproduce bench/rl_toy.py (needs the RL and eval stages; says so when they are absent)")
     p.add_argument("--from", dest="from_stage", choices=names, metavar="STAGE",
                    help=f"re-run this stage and every later one ({', '.join(names)})")
     p.add_argument("--only", choices=names, metavar="STAGE", help="run just this stage (earlier ones must have run)")
@@ -43,12 +47,14 @@ def run(args: argparse.Namespace) -> int:
     from minicoder.config import ConfigError
     from minicoder.demo.pipeline import load_results, read_record, run_stages
     from minicoder.demo.report import write_report
-    from minicoder.demo.stages import STAGES, model_config
+    from minicoder.demo.stages import STAGES, full_profile_problem, model_config
     from minicoder.errors import UserError
     from minicoder.sandbox.cli import resolve_backend
 
-    args.profile = "quick" if args.quick else "default"
-    out: Path = args.out or Path("runs/demo-quick" if args.quick else "runs/demo")
+    args.profile = "quick" if args.quick else "full" if getattr(args, "full", False) else "default"
+    if args.profile == "full" and (problem := full_profile_problem(STAGES)):
+        raise UserError(problem)
+    out: Path = args.out or Path({"quick": "runs/demo-quick", "full": "runs/demo-full"}.get(args.profile, "runs/demo"))
     try:
         model_config(args)  # a bad --set fails now, with the config's own message
     except ConfigError as e:

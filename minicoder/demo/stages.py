@@ -9,9 +9,10 @@ mid-training on trajectories of the training tasks, and test-based rewards on he
 empty and hostile patches). Tasks are split by *function*: a HumanEval problem is either in training
 or held out, never both (holding out only seeds leaks the functions into training).
 
-Settings come in profiles: ``quick`` (the tests; a few minutes on 2 cores) and ``default``. Each
-stage's settings are part of its cache key (see pipeline.py), so a changed setting re-runs exactly
-the stages that depend on it.
+Settings come in profiles: ``quick`` (the tests; a few minutes on 2 cores), ``default``, and
+``full`` (`--full`: bench/rl_toy.py's settings; see `FULL_SETTINGS`). Each stage's settings are
+part of its cache key (see pipeline.py), so a changed setting re-runs exactly the stages that
+depend on it.
 
 Where the RL and held-out eval stages go: see `STAGES` at the bottom (two commented entries, one line
 each) and `minicoder.demo.report` (which already draws ``rl``'s reward curve and ``eval``'s pass@1
@@ -31,7 +32,15 @@ from minicoder.demo.pipeline import Stage, StageContext
 ROOT = Path(__file__).resolve().parents[2]
 SEED_TASKS = ROOT / "data" / "tasks" / "seed_tasks.jsonl"
 
-PROFILES = ("quick", "default")
+PROFILES = ("quick", "default", "full")
+
+# `minicoder demo --full` reproduces bench/rl_toy.py: per stage, the settings that replace the
+# default profile's (a stage not listed keeps them). The values are bench/rl_toy.py's, written here
+# when the RL stage lands (issue 14), e.g. {"pretrain": {"steps": ...}, "midtrain": {...},
+# "rl": {...}, "eval": {...}}. Until the stages FULL_NEEDS names exist and each has its entry,
+# `--full` refuses to run (`full_profile_problem`) rather than run something else under its name.
+FULL_SETTINGS: dict[str, dict] = {}
+FULL_NEEDS = ("rl", "eval")
 
 
 def _q(options) -> bool:
@@ -349,6 +358,34 @@ def _settings_midtrain(o) -> dict:
             "ckpt_every": 5, "backend": o.backend_resolved}
 
 
+def full_profile_problem(stages: list[Stage]) -> str | None:
+    """Why `--full` cannot run with these stages (None when it can)."""
+    names = [s.name for s in stages]
+    missing = [n for n in FULL_NEEDS if n not in names]
+    if missing:
+        return (f"--full reproduces bench/rl_toy.py, which needs the demo's {' and '.join(missing)} stage(s); "
+                "they are not in this version of minicoder yet (the HOOK entries in minicoder/demo/stages.py). "
+                "Run `minicoder demo` (the default profile) or `minicoder demo --quick`.")
+    unset = [n for n in FULL_NEEDS if n not in FULL_SETTINGS]
+    if unset:
+        return (f"--full: FULL_SETTINGS in minicoder/demo/stages.py has no settings for {', '.join(unset)} "
+                "(they must be bench/rl_toy.py's); run `minicoder demo` or `minicoder demo --quick`.")
+    return None
+
+
+def _with_full_profile(stage: Stage) -> Stage:
+    """The stage with settings that, under ``--full``, are the default profile's updated by FULL_SETTINGS."""
+    base = stage.settings_for
+
+    def settings(o) -> dict:
+        s = base(o)
+        if getattr(o, "profile", "default") == "full":
+            s.update(FULL_SETTINGS.get(stage.name, {}))
+        return s
+
+    return Stage(stage.name, stage.fn, deps=stage.deps, settings=settings, help=stage.help)
+
+
 STAGES: list[Stage] = [
     Stage("corpus", corpus, settings=_settings_corpus, help="stdlib source files, deduplicated"),
     Stage("tokenizer", tokenizer, deps=("corpus",), settings=lambda o: {"vocab_size": 2048 if _q(o) else 4096},
@@ -370,3 +407,4 @@ STAGES: list[Stage] = [
     # HOOK (held-out eval): Stage("eval", "minicoder.rl.demo:evaluate", deps=("tokenizer", "midtrain", "rl", "tasks"),
     #                             settings=..., help="held-out pass@1 before and after RL"),
 ]
+STAGES = [_with_full_profile(s) for s in STAGES]

@@ -1,0 +1,52 @@
+"""`minicoder demo --full`: bench/rl_toy.py's settings over the default profile, and a clear refusal
+while the RL and eval stages it needs are not there (never a run of something else under its name)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from minicoder.cli import main
+from minicoder.demo import stages as demo_stages
+from minicoder.demo.stages import FULL_NEEDS, STAGES, full_profile_problem
+
+
+def _options(profile: str) -> argparse.Namespace:
+    return argparse.Namespace(profile=profile, overrides=[], backend_resolved="local", train_steps=None)
+
+
+def test_full_refuses_clearly_without_the_rl_stages(capsys, tmp_path, monkeypatch):
+    # today's stage list lacks them; once they are in, the same holds for a list without them
+    monkeypatch.setattr(demo_stages, "STAGES", [s for s in STAGES if s.name not in FULL_NEEDS])
+    rc = main(["demo", "--full", "--out", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--full reproduces bench/rl_toy.py" in err and "rl and eval stage" in err
+    assert "minicoder demo --quick" in err
+    assert not (tmp_path / "d").exists()  # nothing ran
+
+
+def test_full_and_quick_exclude_each_other(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--full", "--quick"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_full_profile_is_the_default_updated_by_full_settings(monkeypatch):
+    pretrain = next(s for s in STAGES if s.name == "pretrain")
+    default = pretrain.settings_for(_options("default"))
+    assert pretrain.settings_for(_options("full")) == default  # nothing set: the default profile's values
+    monkeypatch.setitem(demo_stages.FULL_SETTINGS, "pretrain", {"steps": 777})
+    full = pretrain.settings_for(_options("full"))
+    assert full == {**default, "steps": 777} and full != default
+    assert pretrain.settings_for(_options("default")) == default  # other profiles untouched
+    assert pretrain.settings_for(_options("quick"))["steps"] == 30
+
+
+def test_full_profile_problem_names_what_is_missing(monkeypatch):
+    present = list(STAGES) + [demo_stages.Stage(n, lambda ctx: {}) for n in FULL_NEEDS]
+    monkeypatch.setattr(demo_stages, "FULL_SETTINGS", {})
+    assert "has no settings for rl, eval" in full_profile_problem(present)
+    monkeypatch.setattr(demo_stages, "FULL_SETTINGS", {"rl": {"steps": 1}, "eval": {"tasks": 1}})
+    assert full_profile_problem(present) is None
+    assert "needs the demo's rl and eval stage" in full_profile_problem(list(STAGES)[:3])
