@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["corpus", "tokenizer", "pack", "model", "pretrain", "tasks", "midtrain", "rewards"]
+STAGES = ["corpus", "tokenizer", "pack", "model", "pretrain", "tasks", "midtrain", "rl", "rewards", "eval"]
 
 
 def _cmd(out: Path) -> list[str]:
@@ -69,7 +69,7 @@ def test_demo_quick_interrupted_continued_cached_and_reported(tmp_path):
     # the command prints the report's path and a one-line summary
     lines = run2.stdout.strip().splitlines()
     assert lines[-2] == f"report: {(out / 'report.html').resolve()}"
-    assert lines[-1].startswith("minicoder demo (quick): 8 stages, Best-Fit fill ")
+    assert lines[-1].startswith("minicoder demo (quick): 10 stages, Best-Fit fill ")
 
     rep = json.loads((out / "report.json").read_text())
     st = rep["stages"]
@@ -89,17 +89,27 @@ def test_demo_quick_interrupted_continued_cached_and_reported(tmp_path):
     assert tasks["generated"] >= 1 and tasks["n_train"] > 0 and tasks["n_held_out"] > 0
     rw = st["rewards"]["result"]
     assert rw["gold_reward"] == 1.0 and rw["wrong_reward"] == 0.0 and rw["held_out_tasks"] == 2
+    rl, ev = st["rl"]["result"], st["eval"]["result"]
+    assert rl["warm_start"]["source"] == "tiny" and rl["steps"] == 1  # quick: a tiny warm start, one GRPO step
+    assert len(rl["reward_curve"]["reward"]) == 1 and 0.0 <= rl["reward_curve"]["reward"][0] <= 1.0
+    assert ev["n_tasks"] == 3 and ev["init"]["rollouts"] == ev["final"]["rollouts"] == 3 * (1 + 2)  # greedy + k=2
+    for key in ("pass_at_1", "pass_at_1_greedy", "pass_at_k"):
+        assert 0.0 <= ev[key]["before"] <= 1.0 and 0.0 <= ev[key]["after"] <= 1.0
+    assert set(ev["init"]["end_reasons"]) <= {"submitted", "turn_limit", "context_limit", "timeout", "invalid_calls",
+                                              "env_error"}
     assert all(s["seconds"] >= 0 for s in st.values())
     assert rep["machine"]["versions"]["torch"] and rep["machine"]["cpu_count"]
     metrics = {(m["stage"], m["metric"]) for m in rep["metrics"]}
     assert ("pretrain", "first loss") in metrics and ("rewards", "gold patch reward (mean)") in metrics
+    assert ("rl", "warm start") in metrics and ("eval", "held-out pass@1 after RL") in metrics
 
     html = (out / "report.html").read_text()
     assert html.count("plotly.js v") == 1  # plotly.js inlined once, no CDN
     assert "<script src=" not in html and 'src="http' not in html  # nothing loaded from the network
-    for title in ("packing fill", "training loss", "expert load", "time per stage"):
+    for title in ("packing fill", "training loss", "expert load", "time per stage", "RL: mean reward per step",
+                  "held-out pass@1"):
         assert title in html
-    assert html.count("Plotly.newPlot(") == 4
+    assert html.count("Plotly.newPlot(") == 6
 
     t0 = time.time()
     run3 = subprocess.run(_cmd(out), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)

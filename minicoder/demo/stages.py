@@ -1,6 +1,6 @@
 """The stages of `minicoder demo`, in the order of the data's journey, and their settings.
 
-    corpus -> tokenizer -> pack -> model -> pretrain -> tasks -> midtrain -> [rl] -> rewards -> [eval]
+    corpus -> tokenizer -> pack -> model -> pretrain -> tasks -> midtrain -> rl -> rewards -> eval
 
 Every stage does the real thing at toy size: the stdlib as the corpus, a byte-level BPE, Best-Fit
 packing (against concatenation and padding), the toy hybrid MoE model pretrained on the packed rows,
@@ -14,9 +14,9 @@ Settings come in profiles: ``quick`` (the tests; a few minutes on 2 cores), ``de
 part of its cache key (see pipeline.py), so a changed setting re-runs exactly the stages that
 depend on it.
 
-Where the RL and held-out eval stages go: see `STAGES` at the bottom (two commented entries, one line
-each) and `minicoder.demo.report` (which already draws ``rl``'s reward curve and ``eval``'s pass@1
-before and after when those stages' results carry them).
+The RL and held-out eval stages live in `minicoder.rl.demo` (by name, so the demo package imports
+nothing above it); `minicoder.demo.report` draws ``rl``'s reward curve and ``eval``'s pass@1 before
+and after.
 """
 
 from __future__ import annotations
@@ -34,12 +34,15 @@ SEED_TASKS = ROOT / "data" / "tasks" / "seed_tasks.jsonl"
 
 PROFILES = ("quick", "default", "full")
 
-# `minicoder demo --full` reproduces bench/rl_toy.py: per stage, the settings that replace the
-# default profile's (a stage not listed keeps them). The values are bench/rl_toy.py's, written here
-# when the RL stage lands (issue 14), e.g. {"pretrain": {"steps": ...}, "midtrain": {...},
-# "rl": {...}, "eval": {...}}. Until the stages FULL_NEEDS names exist and each has its entry,
-# `--full` refuses to run (`full_profile_problem`) rather than run something else under its name.
-FULL_SETTINGS: dict[str, dict] = {}
+# `minicoder demo --full` reproduces one seed of bench/rl_toy.py: per stage, the settings that replace
+# the default profile's (a stage not listed keeps them): the cached warm start (`minicoder warmstart
+# --tasks toy:train:1500:1 --steps 250 --out runs/warm`; the rl stage says so when it is missing),
+# 16 GRPO steps x 4 tasks x G=8 at lr 3e-4 on train tasks of seed 2, then 24 held-out tasks, k=8.
+FULL_SETTINGS: dict[str, dict] = {
+    "rl": {"warm": "cached", "warm_path": str(ROOT / "runs" / "warm" / "final"), "train_tasks": 2000, "steps": 16,
+           "tasks_per_step": 4, "group": 8, "lr": 3e-4, "seed": 0},
+    "eval": {"tasks": 24, "k": 8, "seed": 0},
+}
 FULL_NEEDS = ("rl", "eval")
 
 
@@ -358,6 +361,18 @@ def _settings_midtrain(o) -> dict:
             "ckpt_every": 5, "backend": o.backend_resolved}
 
 
+def _settings_rl(o) -> dict:
+    from minicoder.rl.demo import settings
+
+    return settings(_q(o), o.backend_resolved)
+
+
+def _settings_eval(o) -> dict:
+    from minicoder.rl.demo import eval_settings
+
+    return eval_settings(_q(o), o.backend_resolved)
+
+
 def full_profile_problem(stages: list[Stage]) -> str | None:
     """Why `--full` cannot run with these stages (None when it can)."""
     names = [s.name for s in stages]
@@ -370,6 +385,11 @@ def full_profile_problem(stages: list[Stage]) -> str | None:
     if unset:
         return (f"--full: FULL_SETTINGS in minicoder/demo/stages.py has no settings for {', '.join(unset)} "
                 "(they must be bench/rl_toy.py's); run `minicoder demo` or `minicoder demo --quick`.")
+    warm = FULL_SETTINGS["rl"].get("warm_path")
+    if warm and not (Path(warm) / "config.json").is_file():
+        return (f"--full starts GRPO from the cached warm start {warm}, which is not there; train it first with "
+                "`minicoder warmstart --tasks toy:train:1500:1 --steps 250 --out runs/warm` (about 15 CPU-minutes), "
+                "or run `minicoder demo` / `minicoder demo --quick`.")
     return None
 
 
@@ -399,12 +419,12 @@ STAGES: list[Stage] = [
     Stage("tasks", tasks, settings=_settings_tasks, help="bug-injection tasks validated in the sandbox + seed tasks"),
     Stage("midtrain", midtrain, deps=("tokenizer", "pretrain", "tasks"), settings=_settings_midtrain,
           help="agentic mid-training on trajectories of the training tasks"),
-    # HOOK (RL, issue 14): Stage("rl", "minicoder.rl.demo:stage", deps=("tokenizer", "midtrain", "tasks"),
-    #                            settings=..., help="GRPO in the sandbox"),
+    Stage("rl", "minicoder.rl.demo:stage", settings=_settings_rl,
+          help="GRPO in live sandbox sessions on the toy task family, from a warm start"),
     Stage("rewards", rewards, deps=("tasks",), settings=lambda o: {"tasks": 2 if _q(o) else 4,
                                                                    "backend": o.backend_resolved},
           help="sandbox rewards on held-out tasks: gold, empty and hostile patches"),
-    # HOOK (held-out eval): Stage("eval", "minicoder.rl.demo:evaluate", deps=("tokenizer", "midtrain", "rl", "tasks"),
-    #                             settings=..., help="held-out pass@1 before and after RL"),
+    Stage("eval", "minicoder.rl.demo:evaluate", deps=("rl",), settings=_settings_eval,
+          help="held-out pass@1 (greedy, sampled) and pass@k before and after RL"),
 ]
 STAGES = [_with_full_profile(s) for s in STAGES]
