@@ -275,7 +275,11 @@ def ship_real_tasks(project: str, clone: Path, licence: str, backend: str = "loc
 
 
 def real_results() -> dict:
-    """The real-repository results of all backends: {"projects": {project: {commit, licence, backend: ...}}}."""
+    """The real-repository results of all backends: {"projects": {project: {commit, licence, backend: ...}}}.
+
+    Where the docker run covers fewer entries than the local one (a subset: docker costs more per run
+    on a small shared machine), the docker row gets `same_entries_on_local`: the local run's verdicts
+    on exactly those entries, and how many the two backends decided alike."""
     out: dict = {"projects": {}}
     for path in sorted(WORK.glob("section_real_*__*.json")):
         backend = path.stem.removeprefix("section_real_").split("__")[0]
@@ -283,7 +287,33 @@ def real_results() -> dict:
         head = {k: e[k] for k in ("commit", "licence", "source") if k in e}
         out["projects"].setdefault(e["project"], head)[backend] = {
             k: v for k, v in e.items() if k not in ("project", "commit", "licence", "source")}
+    for project, e in out["projects"].items():
+        local, docker = e.get("local"), e.get("docker")
+        if local and docker and "funnel" in docker and docker.get("max_commits", 0) < local.get("max_commits", 0):
+            name = project.split("/")[1]
+            docker["subset"] = (f"the last {docker['max_commits']} of the {local['max_commits']} first-parent "
+                                "commits the local backend mined")
+            docker["same_entries_on_local"] = compare_backends(WORK / f"real_{name}_local.jsonl.ledger.jsonl",
+                                                               WORK / f"real_{name}_docker.jsonl.ledger.jsonl")
     return out
+
+
+def compare_backends(local_ledger: Path, docker_ledger: Path) -> dict:
+    """The two backends' verdicts on the entries both have finished: counts and the entries that differ."""
+    def verdicts(path: Path) -> dict[str, tuple[str, bool, str]]:
+        if not path.exists():
+            return {}
+        recs = (json.loads(ln) for ln in path.read_text().splitlines() if ln.strip())
+        return {r["id"]: (r["stage"], r["kept"], r["reason"]) for r in recs if r.get("kind", "candidate") == "candidate"}
+
+    loc, dock = verdicts(local_ledger), verdicts(docker_ledger)
+    both = sorted(set(loc) & set(dock))
+    differ = [{"id": i, "local": f"{loc[i][0]}: {loc[i][2][:120] or 'kept'}",
+               "docker": f"{dock[i][0]}: {dock[i][2][:120] or 'kept'}"}
+              for i in both if loc[i][:2] != dock[i][:2]]
+    return {"entries": len(both), "validated_local": sum(loc[i][1] for i in both),
+            "validated_docker": sum(dock[i][1] for i in both), "same_verdict": len(both) - len(differ),
+            "differ": differ}
 
 
 def main() -> int:
