@@ -291,8 +291,10 @@ def real_results() -> dict:
         local, docker = e.get("local"), e.get("docker")
         if local and docker and "funnel" in docker and docker.get("max_commits", 0) < local.get("max_commits", 0):
             name = project.split("/")[1]
-            docker["subset"] = (f"the last {docker['max_commits']} of the {local['max_commits']} first-parent "
-                                "commits the local backend mined")
+            done = docker.get("entries_done", docker["funnel"].get("candidates", 0))
+            docker["subset"] = (f"{done} of the last {docker['max_commits']} first-parent commits (oldest first), "
+                                f"of the {local['max_commits']} the local backend mined: docker costs more per "
+                                "run on this shared 2-core machine")
             docker["same_entries_on_local"] = compare_backends(WORK / f"real_{name}_local.jsonl.ledger.jsonl",
                                                                WORK / f"real_{name}_docker.jsonl.ledger.jsonl")
     return out
