@@ -208,7 +208,7 @@ def step_real(args) -> dict:
     """Mine each project on each backend. Every (backend, project) keeps its own results file
     (`section_real_<backend>__<name>.json`), so backends and projects may run as separate, even
     concurrent, invocations (each project has its own ledger too); a pure resume (nothing left to
-    process) keeps the file of the run that measured it."""
+    process) keeps the rates of the run that measured them and updates the counts (QA reruns)."""
     from minicoder.tasks.pipeline_git import synth_git
 
     repos = Path(args.repos) if args.repos else None
@@ -242,6 +242,11 @@ def step_real(args) -> dict:
             entry["validated_per_minute"] = s.kept_per_minute
             if s.processed or not path.exists():
                 path.write_text(json.dumps(entry, indent=2) + "\n")
+            else:  # a pure resume: the rates stay the measuring run's, the counts (QA's too) are redone
+                old = json.loads(path.read_text())
+                old.update({k: entry[k] for k in ("funnel", "rejections", "per_kind", "environments",
+                                                  "flaky_dropped", "failed_validation", "entries_done")})
+                path.write_text(json.dumps(old, indent=2) + "\n")
             if args.ship and backend == "local":
                 n = ship_real_tasks(project, clone, entry["licence"])
                 print(f"shipped {n} tasks of {project} to {SHIPPED.relative_to(ROOT)}/{clone.name}.jsonl")
