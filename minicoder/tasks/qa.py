@@ -10,9 +10,9 @@ Filters, in order (a task is rejected by the first that fires):
     plus the files holding FAIL_TO_PASS tests) mention neither a changed module (its import path
     or file stem) nor a function/class defined in the changed code. This is a static proxy: a task
     whose validation showed by running that its tests exercise the change (`checks.exercised`:
-    every FAIL_TO_PASS test kept fails when the changed functions are stubbed out) passes it, as
-    tests that reach the code through a package's public names do (`click.command()` exercises
-    `click.core`, which they never name);
+    each FAIL_TO_PASS test kept fails under at least one stub of the changed functions) passes
+    it, as do tests that reach the code through a package's public names (`click.command()`
+    exercises `click.core`, which they never name);
   - `duplicate`: the normalised gold patch (headers, offsets, context and whitespace dropped) was
     already kept for the same code base, so the same edit reached twice is one task. "Same code
     base" is the repository, or for synthesised tasks the mutated subject (`metadata["subject"]`:
