@@ -234,12 +234,14 @@ def step_real(args) -> dict:
             s = synth_git(clone, WORK / f"real_{clone.name}_{backend}.jsonl", max_commits=args.real_commits,
                           validate=True, backend=backend, workers=args.workers,
                           command=f"bench real {project} {backend}",
-                          time_budget_s=args.real_minutes * 60 if args.real_minutes else None)
+                          time_budget_s=args.real_minutes * 60 if args.real_minutes is not None else None)
             print(project, backend)
             print(s.table())
             entry.update(_section(s, load0))
             entry["entries_done"] = s.funnel.get("candidates", 0)
             entry["validated_per_minute"] = s.kept_per_minute
+            if not s.processed and not path.exists():  # the measuring run was stopped before it wrote this
+                entry["stopped_run"] = stopped_run(WORK / f"real_{clone.name}_{backend}.jsonl.ledger.jsonl")
             if s.processed or not path.exists():
                 path.write_text(json.dumps(entry, indent=2) + "\n")
             else:  # a pure resume: the rates stay the measuring run's, the counts (QA's too) are redone
@@ -251,6 +253,18 @@ def step_real(args) -> dict:
                 n = ship_real_tasks(project, clone, entry["licence"])
                 print(f"shipped {n} tasks of {project} to {SHIPPED.relative_to(ROOT)}/{clone.name}.jsonl")
     return real_results()
+
+
+def stopped_run(ledger: Path) -> dict:
+    """What the last run recorded in `ledger` did before it was stopped (killed: no report of its own):
+    its entries and validated tasks, and its wall time from its start (in its run id) to its last record."""
+    recs = [json.loads(ln) for ln in ledger.read_text().splitlines() if ln.strip()]
+    last = recs[-1]["run_id"]
+    mine = [r for r in recs if r.get("run_id") == last and r.get("kind", "candidate") == "candidate"]
+    minutes = (ledger.stat().st_mtime - float(last.split("-")[1])) / 60
+    return {"run_id": last, "entries": len(mine), "validated": sum(r["kept"] for r in mine),
+            "minutes": round(minutes, 1), "entries_per_minute": round(len(mine) / minutes, 2) if minutes > 0 else 0.0,
+            "validated_per_minute": round(sum(r["kept"] for r in mine) / minutes, 2) if minutes > 0 else 0.0}
 
 
 SHIPPED = ROOT / "data" / "tasks" / "real"
@@ -337,7 +351,7 @@ def main() -> int:
     ap.add_argument("--real-commits", type=int, default=300, help="last N first-parent commits per project")
     ap.add_argument("--real-backends", default="local,docker")
     ap.add_argument("--real-minutes", type=float, default=None,
-                    help="real step: start no new commit after this many minutes per project (resumable)")
+                    help="real step: start no new commit after this many minutes per project (resumable; 0: only report and ship)")
     ap.add_argument("--ship", action="store_true",
                     help="real step: write the validated local-backend tasks to data/tasks/real/ (permissive licences)")
     ap.add_argument("--fresh", action="store_true", help="delete the ledgers first (no resume)")
