@@ -215,7 +215,7 @@ def step_real(args) -> dict:
     """Mine each project on each backend. Every (backend, project) keeps its own results file
     (`section_real_<backend>__<name>.json`), so backends and projects may run as separate, even
     concurrent, invocations (each project has its own ledger too); a pure resume (nothing left to
-    process) keeps the file of the run that measured it."""
+    process) keeps the rates of the run that measured them and updates the counts (QA reruns)."""
     from minicoder.tasks.pipeline_git import synth_git
 
     repos = Path(args.repos) if args.repos else None
@@ -241,18 +241,37 @@ def step_real(args) -> dict:
             s = synth_git(clone, WORK / f"real_{clone.name}_{backend}.jsonl", max_commits=args.real_commits,
                           validate=True, backend=backend, workers=args.workers,
                           command=f"bench real {project} {backend}",
-                          time_budget_s=args.real_minutes * 60 if args.real_minutes else None)
+                          time_budget_s=args.real_minutes * 60 if args.real_minutes is not None else None)
             print(project, backend)
             print(s.table())
             entry.update(_section(s, load0))
             entry["entries_done"] = s.funnel.get("candidates", 0)
             entry["validated_per_minute"] = s.kept_per_minute
+            if not s.processed and not path.exists():  # the measuring run was stopped before it wrote this
+                entry["stopped_run"] = stopped_run(WORK / f"real_{clone.name}_{backend}.jsonl.ledger.jsonl")
             if s.processed or not path.exists():
                 path.write_text(json.dumps(entry, indent=2) + "\n")
+            else:  # a pure resume: the rates stay the measuring run's, the counts (QA's too) are redone
+                old = json.loads(path.read_text())
+                old.update({k: entry[k] for k in ("funnel", "rejections", "per_kind", "environments",
+                                                  "flaky_dropped", "failed_validation", "entries_done")})
+                path.write_text(json.dumps(old, indent=2) + "\n")
             if args.ship and backend == "local":
                 n = ship_real_tasks(project, clone, entry["licence"])
                 print(f"shipped {n} tasks of {project} to {SHIPPED.relative_to(ROOT)}/{clone.name}.jsonl")
     return real_results()
+
+
+def stopped_run(ledger: Path) -> dict:
+    """What the last run recorded in `ledger` did before it was stopped (killed: no report of its own):
+    its entries and validated tasks, and its wall time from its start (in its run id) to its last record."""
+    recs = [json.loads(ln) for ln in ledger.read_text().splitlines() if ln.strip()]
+    last = recs[-1]["run_id"]
+    mine = [r for r in recs if r.get("run_id") == last and r.get("kind", "candidate") == "candidate"]
+    minutes = (ledger.stat().st_mtime - float(last.split("-")[1])) / 60
+    return {"run_id": last, "entries": len(mine), "validated": sum(r["kept"] for r in mine),
+            "minutes": round(minutes, 1), "entries_per_minute": round(len(mine) / minutes, 2) if minutes > 0 else 0.0,
+            "validated_per_minute": round(sum(r["kept"] for r in mine) / minutes, 2) if minutes > 0 else 0.0}
 
 
 SHIPPED = ROOT / "data" / "tasks" / "real"
@@ -282,7 +301,11 @@ def ship_real_tasks(project: str, clone: Path, licence: str, backend: str = "loc
 
 
 def real_results() -> dict:
-    """The real-repository results of all backends: {"projects": {project: {commit, licence, backend: ...}}}."""
+    """The real-repository results of all backends: {"projects": {project: {commit, licence, backend: ...}}}.
+
+    Where the docker run covers fewer entries than the local one (a subset: docker costs more per run
+    on a small shared machine), the docker row gets `same_entries_on_local`: the local run's verdicts
+    on exactly those entries, and how many the two backends decided alike."""
     out: dict = {"projects": {}}
     for path in sorted(WORK.glob("section_real_*__*.json")):
         backend = path.stem.removeprefix("section_real_").split("__")[0]
@@ -290,7 +313,35 @@ def real_results() -> dict:
         head = {k: e[k] for k in ("commit", "licence", "source") if k in e}
         out["projects"].setdefault(e["project"], head)[backend] = {
             k: v for k, v in e.items() if k not in ("project", "commit", "licence", "source")}
+    for project, e in out["projects"].items():
+        local, docker = e.get("local"), e.get("docker")
+        if local and docker and "funnel" in docker and docker.get("max_commits", 0) < local.get("max_commits", 0):
+            name = project.split("/")[1]
+            done = docker.get("entries_done", docker["funnel"].get("candidates", 0))
+            docker["subset"] = (f"{done} of the last {docker['max_commits']} first-parent commits (oldest first), "
+                                f"of the {local['max_commits']} the local backend mined: docker costs more per "
+                                "run on this shared 2-core machine")
+            docker["same_entries_on_local"] = compare_backends(WORK / f"real_{name}_local.jsonl.ledger.jsonl",
+                                                               WORK / f"real_{name}_docker.jsonl.ledger.jsonl")
     return out
+
+
+def compare_backends(local_ledger: Path, docker_ledger: Path) -> dict:
+    """The two backends' verdicts on the entries both have finished: counts and the entries that differ."""
+    def verdicts(path: Path) -> dict[str, tuple[str, bool, str]]:
+        if not path.exists():
+            return {}
+        recs = (json.loads(ln) for ln in path.read_text().splitlines() if ln.strip())
+        return {r["id"]: (r["stage"], r["kept"], r["reason"]) for r in recs if r.get("kind", "candidate") == "candidate"}
+
+    loc, dock = verdicts(local_ledger), verdicts(docker_ledger)
+    both = sorted(set(loc) & set(dock))
+    differ = [{"id": i, "local": f"{loc[i][0]}: {loc[i][2][:120] or 'kept'}",
+               "docker": f"{dock[i][0]}: {dock[i][2][:120] or 'kept'}"}
+              for i in both if loc[i][:2] != dock[i][:2]]
+    return {"entries": len(both), "validated_local": sum(loc[i][1] for i in both),
+            "validated_docker": sum(dock[i][1] for i in both), "same_verdict": len(both) - len(differ),
+            "differ": differ}
 
 
 def main() -> int:
@@ -307,7 +358,7 @@ def main() -> int:
     ap.add_argument("--real-commits", type=int, default=300, help="last N first-parent commits per project")
     ap.add_argument("--real-backends", default="local,docker")
     ap.add_argument("--real-minutes", type=float, default=None,
-                    help="real step: start no new commit after this many minutes per project (resumable)")
+                    help="real step: start no new commit after this many minutes per project (resumable; 0: only report and ship)")
     ap.add_argument("--ship", action="store_true",
                     help="real step: write the validated local-backend tasks to data/tasks/real/ (permissive licences)")
     ap.add_argument("--fresh", action="store_true", help="delete the ledgers first (no resume)")

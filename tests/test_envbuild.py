@@ -258,3 +258,29 @@ def test_unbuildable_repository_is_reported_per_commit(tmp_path):
     assert s.rejections["environment"] == {"cannot resolve the requirements": 1, "needs compiling": 1,
                                            "tests fail at the base commit": 1}
     assert s.funnel["after environment"] == 0 and out.read_text() == ""
+
+
+@pytest.mark.slow
+def test_equal_pins_are_one_environment_checked_once(tmp_path):
+    """Requirement strings that differ between commits but resolve to the same pins share the check."""
+    from minicoder.tasks.envbuild import EnvBuilder
+
+    wheels = tmp_path / "wheels"
+    build_wheel(wheels, "minicoder-testdep", "1.0", TESTDEP)
+    builder = EnvBuilder("local", [str(wheels)])
+    checked: list[str] = []
+
+    def check_at(commit: str):
+        def check(res):
+            checked.append(commit)
+            return True, "", {"commit": commit, "passed": 1}
+        return check
+
+    first = builder.build(EnvSpec("r", "c1", requirements=["minicoder-testdep==1.0"]), check=check_at("c1"))
+    same = builder.build(EnvSpec("r", "c2", requirements=["minicoder-testdep>=1.0"]), check=check_at("c2"))
+    other = builder.build(EnvSpec("r", "c3", requirements=[]), check=check_at("c3"))
+    assert first.ok and same.ok and other.ok and first.built and same.built
+    assert same.key == first.key and other.key != first.key
+    assert "minicoder-testdep==1.0" in same.pins and "minicoder-testdep==1.0" not in other.pins
+    assert checked == ["c1", "c3"]  # c2's pins are c1's environment: not checked twice
+    assert same.checked and same.check["commit"] == "c1" and same.check["shared_with"] == first.key

@@ -137,6 +137,22 @@ def test_kinds_and_file_kinds():
     assert file_kind("more_itertools/more.pyi") == ("stubs", None)
 
 
+def test_which_tests_a_candidate_runs_is_decided_statically():
+    """Only test modules run; a change whose tests are helpers or typing checks is dropped before any
+    environment is built for it (click's `tests/typing/typing_*.py` are such files)."""
+    from minicoder.tasks.mine_git import Candidate, Commit, candidate_test_ids
+
+    def cand(tests, deleted=()):
+        return Candidate(Commit("c" * 40, ["b" * 40], "", "s", ""), "python", ["src/p.py"], tests,
+                         deleted=list(deleted))
+
+    assert candidate_test_ids(cand(["tests/conftest.py", "tests/test_p.py", "tests/data.py"])) == (["tests/test_p.py"], "")
+    ids, why = candidate_test_ids(cand(["tests/typing/typing_options.py", "tests/conftest.py"]))
+    assert ids is None and why.startswith("the change's test files are not test modules")
+    assert candidate_test_ids(cand(["tests/test_p.py"], deleted=["tests/test_p.py"]))[0] is None
+    assert candidate_test_ids(cand(["tests/conftest.py"]), "all") == ([], "")  # the whole suite runs
+
+
 def test_static_classification(history):
     repo, sha = history
     commits = {c.sha: c for c in iter_commits(repo)}

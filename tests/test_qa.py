@@ -42,6 +42,16 @@ def test_tests_must_name_the_changed_code():
     assert not touches_change(unrelated)
     by_module = task("by_module", tests="import geometry\n\n\ndef test_it():\n    assert geometry.area(2, 3) == 6\n")
     assert touches_change(by_module)
+    # tests that never name the changed code but were shown by running to depend on it (validation's
+    # stubs of the changed functions make them fail) touch it; without that evidence they do not
+    unrelated_tests = "import math\n\n\ndef test_pi():\n    assert math.pi > 3\n"
+    shown = task("shown", tests=unrelated_tests)
+    shown.metadata["validation"] = {"checks": {"exercised": "yes"}}
+    partly = task("partly", tests=unrelated_tests)
+    partly.metadata["validation"] = {"checks": {"exercised": "1 FAIL_TO_PASS test(s) dropped"}}
+    unknown = task("unknown", tests=unrelated_tests)
+    unknown.metadata["validation"] = {"checks": {"exploits": "skipped: the gold patch changes no Python function"}}
+    assert touches_change(shown) and touches_change(partly) and not touches_change(unknown)
 
 
 def test_qa_rejects_each_planted_task_with_its_reason():

@@ -282,7 +282,9 @@ class EnvBuilder:
         `check(result) -> (ok, reason, detail)` runs the tests in a newly usable environment; a
         passing check is kept for every later task, a failing one is reported for this task only
         (the next base commit is checked again: the failure may be that commit's, not the
-        environment's). A failed build is kept: the same requirements fail the same way.
+        environment's). A requirement set that resolves to the pins of an environment already
+        checked is not checked again (it is that environment). A failed build is kept: the same
+        requirements fail the same way.
         """
         if not spec.ok:
             return EnvResult(False, spec.problems[0])
@@ -294,6 +296,9 @@ class EnvBuilder:
             fresh = res is None
             if res is None:
                 res = self._build(spec)
+                twin = self._checked_twin(res)
+                if twin is not None:  # the same pins, already checked: the same environment
+                    res.checked, res.check = True, {**twin.check, "shared_with": twin.key}
                 self._by_reqs[rk] = res
             if res.ok and check is not None and not res.checked:
                 t0 = time.perf_counter()
@@ -304,6 +309,14 @@ class EnvBuilder:
                 res.checked, res.check = "skipped" not in detail, detail
                 res.seconds += time.perf_counter() - t0
             return res if fresh else replace(res, built=False, seconds=0.0)
+
+    def _checked_twin(self, res: EnvResult) -> EnvResult | None:
+        """A cached environment with the same pins whose check passed (requirement strings that differ
+        between commits often resolve to the same pins: that environment needs no second check)."""
+        if not res.ok:
+            return None
+        with self._lock:
+            return next((r for r in self._by_reqs.values() if r.ok and r.checked and r.key == res.key), None)
 
     def _build(self, spec: EnvSpec) -> EnvResult:
         t0 = time.perf_counter()

@@ -273,6 +273,24 @@ def _why_nothing_passes(run) -> str:
     return (run.message or run.status)[:160]
 
 
+def candidate_test_ids(cand: Candidate, test_scope: str = "changed") -> tuple[list[str] | None, str]:
+    """(the test ids a candidate runs, "") - `[]` being the whole suite - or (None, why it has none).
+
+    Static (no execution), so a pipeline can drop such a candidate before building its environment."""
+    if test_scope not in ("changed", "all"):
+        raise MiningError(f"test_scope must be 'changed' or 'all', got {test_scope!r}")
+    if test_scope == "all":
+        return [], ""
+    kept = [p for p in cand.test_files if p not in cand.deleted]
+    if not kept:
+        return None, "the change only deletes test files"
+    # Python: only test modules run (helpers, data and conftest.py go in the test patch only)
+    ids = [p for p in kept if is_test_module(p)] if cand.language == "python" else kept
+    if not ids:
+        return None, "the change's test files are not test modules (test_*.py / *_test.py)"
+    return ids, ""
+
+
 def execute_candidate(repo: str | os.PathLike, cand: Candidate, *, backend: Any = "local",
                       test_scope: str = "changed", inline: bool = False, env: Any = None) -> MinedOutcome:
     """Run the candidate's tests before and after the fix; keep it iff some test goes fail -> pass."""
@@ -282,17 +300,9 @@ def execute_candidate(repo: str | os.PathLike, cand: Candidate, *, backend: Any 
     def done(kept: bool, reason: str = "", t: Task | None = None) -> MinedOutcome:
         return MinedOutcome(task.instance_id, kept, reason, t, "execute", time.perf_counter() - t0)
 
-    if test_scope not in ("changed", "all"):
-        raise MiningError(f"test_scope must be 'changed' or 'all', got {test_scope!r}")
-    ids: list[str] = []  # [] = the whole suite (None would mean only the test_patch's files)
-    if test_scope == "changed":
-        kept = [p for p in cand.test_files if p not in cand.deleted]
-        if not kept:
-            return done(False, "the change only deletes test files")
-        # Python: only test modules run (helpers, data and conftest.py go in the test patch only)
-        ids = [p for p in kept if is_test_module(p)] if cand.language == "python" else kept
-        if not ids:
-            return done(False, "the change's test files are not test modules (test_*.py / *_test.py)")
+    ids, why = candidate_test_ids(cand, test_scope)
+    if ids is None:
+        return done(False, why)
     before = run_tests(task, "", test_ids=ids, backend=backend)
     after = run_tests(task, task.patch, test_ids=ids, backend=backend)
     if not after.patch_applied:

@@ -1,7 +1,9 @@
 """`synth git`: a repository's history -> candidates -> environments -> execution -> validation -> QA.
 
 One ledger line per first-parent entry (`pipeline.Ledger`, resumable), with the stage it ended at:
-  filter       static: not a candidate (see `mine_pr`: root, tests/docs/CI/packaging only, no tests);
+  filter       static: not a candidate (see `mine_pr`: root, tests/docs/CI/packaging only, no tests;
+               its test files are no test modules, `mine_git.candidate_test_ids`) - no environment
+               is built and nothing runs for it;
   environment  the environment for its base commit cannot be built or its tests do not run there
                (`envbuild`: the exact reason - needs compiling, no wheel for a requirement, an
                import error at the base commit, ...);
@@ -69,7 +71,13 @@ def synth_git(repo: str | os.PathLike, out: str | os.PathLike, *, rev: str = "HE
         check_environment,
         infer_for_change,
     )
-    from minicoder.tasks.mine_git import build_task, execute_candidate, instance_id, iter_commits
+    from minicoder.tasks.mine_git import (
+        build_task,
+        candidate_test_ids,
+        execute_candidate,
+        instance_id,
+        iter_commits,
+    )
     from minicoder.tasks.mine_pr import classify_commit, commit_kind
 
     repo = Path(repo).resolve()
@@ -121,6 +129,9 @@ def synth_git(repo: str | os.PathLike, out: str | os.PathLike, *, rev: str = "HE
         later = commits[order[commit.sha] + 1:] if later_tests else None
         with count_runs() as counted:
             cand, reason = classify_commit(repo, commit, later=later, later_window=later_window)
+            ids, why = candidate_test_ids(cand, test_scope) if cand is not None else ([], "")
+            if ids is None:  # static too: dropped before an environment is built for it
+                cand, reason = None, why
             if cand is None:
                 rec = record(cid, kept=False, stage="filter", reason=reason)
             else:

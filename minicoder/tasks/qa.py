@@ -8,7 +8,11 @@ Filters, in order (a task is rejected by the first that fires):
     `return x` do not count) - the statement would hand over the fix;
   - `tests_untouched`: none of the hidden tests names the changed code: the tests (test_patch
     plus the files holding FAIL_TO_PASS tests) mention neither a changed module (its import path
-    or file stem) nor a function/class defined in the changed code;
+    or file stem) nor a function/class defined in the changed code. This is a static proxy: a task
+    whose validation showed by running that its tests exercise the change (`checks.exercised`:
+    each FAIL_TO_PASS test kept fails under at least one stub of the changed functions) passes
+    it, as do tests that reach the code through a package's public names (`click.command()`
+    exercises `click.core`, which they never name);
   - `duplicate`: the normalised gold patch (headers, offsets, context and whitespace dropped) was
     already kept for the same code base, so the same edit reached twice is one task. "Same code
     base" is the repository, or for synthesised tasks the mutated subject (`metadata["subject"]`:
@@ -148,6 +152,9 @@ def touches_change(task: Task) -> bool:
         from minicoder.tasks.mutate_ts import touches_change as lang_touches_change
 
         return lang_touches_change(task)
+    exercised = str(task.metadata.get("validation", {}).get("checks", {}).get("exercised", ""))
+    if exercised == "yes" or exercised.endswith("dropped"):  # shown by execution (validate.py, check 5)
+        return True
     modules, names = changed_names(task)
     text = test_text(task)
     if not text.strip():
