@@ -212,6 +212,33 @@ assert abs(by_hand - lib) < 1e-5 * max(1.0, abs(lib)), (by_hand, lib)
 print("the library's advantages (prepare):", prepare(samples, cfg).advantages)
 
 # %% [markdown]
+# ### Lab · exercise `10.grpo_advantage`
+#
+# Write the group-relative advantage: each reward minus the group's mean, and, when `std_norm` is
+# on, divided by the group's *sample* standard deviation (n - 1 in the denominator, as torch.std)
+# plus 1e-6. A group of one has advantage 0.
+
+# %%
+from minicoder.course import check
+
+
+def advantages(rewards, std_norm):
+    # BEGIN SOLUTION
+    n = len(rewards)
+    if n < 2:
+        return [0.0] * n
+    mean = sum(rewards) / n
+    out = [r - mean for r in rewards]
+    if std_norm:
+        std = (sum((r - mean) ** 2 for r in rewards) / (n - 1)) ** 0.5
+        out = [a / (std + 1e-6) for a in out]
+    return out
+    # END SOLUTION
+
+
+check("10.grpo_advantage", advantages);
+
+# %% [markdown]
 # ## 5 · A short GRPO run, live
 #
 # `minicoder.rl.pipeline.RLRun` is the whole loop: a rollout thread (its own copy of the weights),
@@ -358,30 +385,3 @@ if res_path.is_file():
         print(f"sampled pass@1 gain {g['mean']:+.3f} (min {g['min']:+.3f}, max {g['max']:+.3f})")
 else:
     print("no bench/results/rl_toy.json yet: run `python bench/rl_toy.py`")
-
-# %% [markdown]
-# ## Lab · exercise `10.grpo_advantage`
-#
-# Write the group-relative advantage: each reward minus the group's mean, and, when `std_norm` is
-# on, divided by the group's *sample* standard deviation (n - 1 in the denominator, as torch.std)
-# plus 1e-6. A group of one has advantage 0.
-
-# %%
-from minicoder.course import check
-
-
-def advantages(rewards, std_norm):
-    # BEGIN SOLUTION
-    n = len(rewards)
-    if n < 2:
-        return [0.0] * n
-    mean = sum(rewards) / n
-    out = [r - mean for r in rewards]
-    if std_norm:
-        std = (sum((r - mean) ** 2 for r in rewards) / (n - 1)) ** 0.5
-        out = [a / (std + 1e-6) for a in out]
-    return out
-    # END SOLUTION
-
-
-check("10.grpo_advantage", advantages);
