@@ -193,6 +193,7 @@ class ContainerPool:
         self.handed_out: list[str] = []  # ids of every container given to a sandbox (for audits)
         self.trash: queue.Queue = queue.Queue()
         self.creating = 0  # containers being created by the filler right now
+        self.collected = False  # shutdown has taken `live` (a creation finishing later removes its own)
         self.thread = threading.Thread(target=self._fill, daemon=True, name=f"pool-{image}")
         self.thread.start()
         for i in range(REMOVERS):
@@ -261,10 +262,12 @@ class ContainerPool:
             slot = None
         with self.lock:
             self.creating -= 1
-            late = self.stopped
-            if slot is not None and not late:
+            if slot is not None and not self.stopped:
                 self.ready.append(slot)
-        if slot is not None and late:  # shut down while this one was being created: do not leak it
+            # shut down while this one was being created: it is in `live`, which shutdown removes once
+            # no creation is in flight; only if shutdown already gave up waiting is it ours to remove
+            orphan = slot is not None and self.collected
+        if orphan:
             _remove(slot.container)
             remove_tree(slot.root)
         self.want.set()
@@ -312,11 +315,19 @@ class ContainerPool:
         # interpreter exit a daemon thread is frozen mid-call, and the engine would keep that container).
         if self.thread is not threading.current_thread():
             self.thread.join(timeout=2 * 60)
+        # ... and so must every container the filler's creator threads are starting (daemon threads too)
+        deadline = time.monotonic() + 2 * 60
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.creating == 0:
+                    break
+            time.sleep(0.05)
         self.flush()
         with self.lock:
             slots = list(self.live.values())
             self.live.clear()
             self.ready.clear()
+            self.collected = True
         for s in slots:
             _remove(s.container)
             remove_tree(s.root)
