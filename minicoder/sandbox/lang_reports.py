@@ -31,6 +31,17 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+def _json_rows(data: bytes):
+    """The JSON objects of a JSON-lines report, one per line; other lines (a test's own prints) skipped."""
+    for line in _text(data).splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            yield row
+
+
 def _put(out: dict[str, CaseResult], tid: str, outcome: str, message: str = "") -> None:
     prev = out.get(tid)
     if prev is None or SEVERITY[outcome] > SEVERITY[prev.outcome]:
@@ -116,13 +127,7 @@ def parse_tape_rows(data: bytes, file: str) -> tuple[dict[str, CaseResult], bool
     names: dict[int, str] = {}
     verdict: dict[int, tuple[str, str]] = {}
     complete = False
-    for line in _text(data).splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(row, dict):
-            continue
+    for row in _json_rows(data):
         kind = row.get("type")
         if kind == "minicoder.end":
             complete = True
@@ -154,13 +159,7 @@ def parse_mocha_rows(data: bytes, root: str = "/workspace") -> tuple[dict[str, C
     kept from running are missing, so they count as failed. `complete`: the end row was written."""
     out: dict[str, CaseResult] = {}
     complete = False
-    for line in _text(data).splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(row, dict):
-            continue
+    for row in _json_rows(data):
         if row.get("type") == "end":
             complete = True
         elif (row.get("type") == "test" and row.get("state") in ("passed", "failed", "skipped")
@@ -216,13 +215,7 @@ def parse_go_json(data: bytes, pkgdir: str, ignore: tuple[str, ...] = ()) -> tup
     out: dict[str, CaseResult] = {}
     output: dict[str, list[str]] = {}
     complete = False
-    for line in _text(data).splitlines():
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(ev, dict):
-            continue
+    for ev in _json_rows(data):
         test, action = ev.get("Test"), ev.get("Action")
         if not test:
             complete = complete or action in ("pass", "fail")
