@@ -52,6 +52,7 @@ from minicoder.sandbox.workspace import fill_workspace
 LABEL = "minicoder"  # the same label images.py puts on everything minicoder makes
 OWNER_LABEL = "minicoder.owner"
 ROLE_LABEL = "minicoder.role"
+POOL_LABEL = "minicoder.pool"  # which pool of this process started a container (its shutdown sweeps them)
 CONTAINER_UID = 1000  # `sandbox` in the base image
 REMOVERS = 2  # threads removing used containers (removal is slower than a small test run)
 
@@ -194,6 +195,7 @@ class ContainerPool:
         self.trash: queue.Queue = queue.Queue()
         self.creating = 0  # containers being created by the filler right now
         self.collected = False  # shutdown has taken `live` (a creation finishing later removes its own)
+        self.pool_id = f"{os.getpid()}-{id(self):x}-{time.monotonic_ns():x}"
         self.thread = threading.Thread(target=self._fill, daemon=True, name=f"pool-{image}")
         self.thread.start()
         for i in range(REMOVERS):
@@ -229,7 +231,7 @@ class ContainerPool:
                          docker.types.Ulimit(name="core", soft=0, hard=0)],
                 volumes={str(root / "workspace"): {"bind": WORKSPACE, "mode": "rw"},
                          str(root / "report"): {"bind": REPORT_DIR, "mode": "rw"}},
-                labels={LABEL: "1", ROLE_LABEL: "sandbox", OWNER_LABEL: owner_tag()},
+                labels={LABEL: "1", ROLE_LABEL: "sandbox", OWNER_LABEL: owner_tag(), POOL_LABEL: self.pool_id},
                 environment={"HOME": "/tmp"}, hostname="sandbox")
         except Exception as e:
             remove_tree(root)
@@ -331,6 +333,12 @@ class ContainerPool:
         for s in slots:
             _remove(s.container)
             remove_tree(s.root)
+        # and whatever the engine still lists as this pool's: a removal the engine refused under load, or
+        # a container it created for a call that failed on our side (a client timeout) and so never
+        # reached `live`
+        with contextlib.suppress(Exception):
+            for c in labelled_containers(self.cl, role="sandbox", labels={POOL_LABEL: self.pool_id}):
+                _remove(c)
 
 
 _pools: dict[tuple, ContainerPool] = {}
