@@ -10,7 +10,11 @@ greedy decoding reproduces it. Deterministic: fixed seeds, one thread.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import socket
+import threading
+import time
 
 import torch
 
@@ -22,11 +26,9 @@ from minicoder.agent.tools import ToolConfig
 from minicoder.config import ModelConfig
 from minicoder.model import HybridLM
 from minicoder.rl.toy_tasks import generate
+from minicoder.rl.warmstart import TINY_MODEL
 
-TINY = dict(hidden_size=64, num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
-            num_attention_heads=2, num_key_value_heads=1, head_dim=32, num_experts=0, intermediate_size=128,
-            linear_num_key_heads=1, linear_num_value_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
-            num_nextn_predict_layers=0, kernel="torch")
+TINY = {**TINY_MODEL, "num_nextn_predict_layers": 0, "kernel": "torch"}
 
 
 def fix_then_submit(st):
@@ -84,3 +86,25 @@ def taught_model(n_tasks: int = 1, target_nll: float = 1.0, max_steps: int = 300
             break
         opt.step()
     return model.eval(), tok, step, nll
+
+
+@contextlib.contextmanager
+def serve_app(app):
+    """An ASGI app on uvicorn on a free loopback port, in a thread: yields its /v1 base URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    t0 = time.time()
+    while not srv.started:
+        assert time.time() - t0 < 60, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        srv.should_exit = True
+        th.join(timeout=10)

@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-import socket
-import threading
-import time
 
 import pytest
-import uvicorn
-from rl_fixtures import taught_model, toy_tasks
+from rl_fixtures import serve_app, taught_model, toy_tasks
 
 from minicoder.cli import main
 from minicoder.record import write_tasks
@@ -39,19 +35,8 @@ def server():
             hits["chat"] += 1
         return await call_next(request)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    t0 = time.time()
-    while not srv.started:
-        assert time.time() - t0 < 60, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1", hits
-    srv.should_exit = True
-    th.join(timeout=10)
+    with serve_app(app) as url:
+        yield url, hits
 
 
 def test_eval_agent_against_serve(server, tmp_path, capsys):

@@ -4,15 +4,12 @@ ids, batching of concurrent requests, and clear 400s for requests it cannot serv
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
 import torch
-import uvicorn
+from rl_fixtures import serve_app
 
 from minicoder.agent.tokens import encode_conversation
 from minicoder.agent.tools import ToolConfig
@@ -61,26 +58,10 @@ def taught_model(tok):
     return model.eval()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(taught_model, tok):
-    port = free_port()
-    app = create_app(taught_model, tok, "tiny")
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    t0 = time.time()
-    while not srv.started:
-        assert time.time() - t0 < 60, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    srv.should_exit = True
-    th.join(timeout=10)
+    with serve_app(create_app(taught_model, tok, "tiny")) as url:
+        yield url
 
 
 def client(url):

@@ -31,9 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHED_WARM = Path(os.environ.get("MINICODER_WARM", ROOT / "runs" / "warm" / "final"))
-TINY = dict(hidden_size=64, num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
-            num_attention_heads=2, num_key_value_heads=1, head_dim=32, num_experts=0, intermediate_size=128,
-            linear_num_key_heads=1, linear_num_value_heads=2, linear_key_head_dim=16, linear_value_head_dim=16)
+
 
 
 def settings(quick: bool, backend: str) -> dict:
@@ -84,7 +82,8 @@ def stage(ctx) -> dict:
     else:
         tasks = generate("train", s["tiny_tasks"], seed=1)
         info = warmstart.warm_start(tasks, ctx.dir / "warm", steps=s["tiny_steps"], rows=2, lr=3e-3, progress=True,
-                                    open_env=open_env, resume=ctx.resumed and (ctx.dir / "warm").exists(), **TINY)
+                                    open_env=open_env, resume=ctx.resumed and (ctx.dir / "warm").exists(),
+                                    **warmstart.TINY_MODEL)
         warm = Path(info["final"])
         warm_info = {"source": "tiny", "path": ctx.rel(warm), "episodes": info["episodes"], "loss": info["loss"],
                      "parameters": info["parameters"]}

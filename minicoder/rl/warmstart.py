@@ -41,6 +41,11 @@ from typing import Any
 from minicoder.agent.policies import ScriptedPolicy, call
 
 SCRIPTS = ("direct", "test_first", "run_first", "retry")
+# A 2-layer, hidden-64 model (no experts, ~0.3M parameters with the family tokenizer): warm-started in
+# about a minute, for the notebook's fallback, the quick demo and the tests (`warm_start(..., **TINY_MODEL)`).
+TINY_MODEL = dict(hidden_size=64, num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=32, num_experts=0, intermediate_size=128,
+                  linear_num_key_heads=1, linear_num_value_heads=2, linear_key_head_dim=16, linear_value_head_dim=16)
 DEFAULT_MIX = {"direct": 0.3, "test_first": 0.2, "run_first": 0.2, "retry": 0.3}
 
 
