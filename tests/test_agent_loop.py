@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from rl_fixtures import TINY
 
 from minicoder.agent.cli import session_opener
 from minicoder.agent.evaluate import grade
@@ -223,10 +224,7 @@ def test_token_in_token_out(tasks, tok):
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    cfg = ModelConfig.from_preset("toy", vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2,
-                                  layer_types=["linear_attention", "full_attention"], num_attention_heads=2,
-                                  num_key_value_heads=1, head_dim=32, num_experts=0, intermediate_size=128,
-                                  num_nextn_predict_layers=0, kernel="torch")
+    cfg = ModelConfig.from_preset("toy", vocab_size=tok.vocab_size, **TINY)
     model = HybridLM(cfg).eval()
     pol = LocalPolicy(model, tok, temperature=1.0)
     sampled: dict[int, list[list[int]]] = {}

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 import torch
-from rl_fixtures import serve_app
+from rl_fixtures import TINY, serve_app
 
 from minicoder.agent.tokens import encode_conversation
 from minicoder.agent.tools import ToolConfig
@@ -37,10 +37,7 @@ def taught_model(tok):
     """A tiny model trained until its greedy reply to MESSAGES is the view call (a real model, not a stub)."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    cfg = ModelConfig.from_preset("toy", vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2,
-                                  layer_types=["linear_attention", "full_attention"], num_attention_heads=2,
-                                  num_key_value_heads=1, head_dim=32, num_experts=0, intermediate_size=128,
-                                  num_nextn_predict_layers=0, kernel="torch")
+    cfg = ModelConfig.from_preset("toy", vocab_size=tok.vocab_size, **TINY)
     model = HybridLM(cfg)
     conv = MESSAGES + [{"role": "assistant", "content": "", "tool_calls": [{"name": "view", "arguments": {"path": "f.py"}}]}]
     ids, mask = encode_conversation(conv, tok, ToolConfig.toy().specs())
