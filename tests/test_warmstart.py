@@ -107,7 +107,7 @@ def test_tiny_warm_start_end_to_end_resume_and_export(tmp_path, opener):
               hidden_size=32, num_hidden_layers=2, num_experts=4, moe_intermediate_size=16,
               shared_expert_intermediate_size=32, intermediate_size=64)
     res = warm_start(ts, tmp_path, **kw)
-    assert res["episodes"] == 6 and res["steps"] == 2 and 0 < res["policy_tokens"] < res["tokens"]
+    assert res["episodes"] == 6 and res["steps"] == 2 and 0 < res["loss_tokens"] < res["tokens"]
     eps = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
     assert [e["task_id"] for e in eps] == [t.instance_id for t in ts]
     model, tok = load_model_folder(res["final"])

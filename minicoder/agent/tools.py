@@ -85,6 +85,7 @@ class ToolConfig:
     exec_timeout_s: float = 30.0  # per run_tests / bash command
     line_numbers: bool = False  # view prints "   N\t" before each line
     test_cmd: str = "python -m pytest -q -p no:cacheprovider --tb=short"  # for named test ids
+    optional_params: bool = True  # describe the optional parameters (view_range, tests) in the prompt
 
     def __post_init__(self) -> None:
         bad = [t for t in self.tools if t not in ALL_TOOLS]
@@ -96,8 +97,10 @@ class ToolConfig:
     @classmethod
     def toy(cls, **kw: Any) -> ToolConfig:
         """The toy-family tool set: view, str_replace, run_tests, submit (no shell; no create, which a
-        one-line fix never needs and whose description costs prompt tokens on a CPU)."""
-        return cls(**{"tools": ("view", "str_replace", "run_tests", "submit"), **kw})
+        one-line fix never needs). The prompt leaves out the optional parameters (a line range, test
+        ids) that a one-file task never needs: the system turn is every rollout's longest part and its
+        tokens cost on a CPU. The tools still accept them."""
+        return cls(**{"tools": ("view", "str_replace", "run_tests", "submit"), "optional_params": False, **kw})
 
     @classmethod
     def swe(cls, **kw: Any) -> ToolConfig:
@@ -105,7 +108,15 @@ class ToolConfig:
         return cls(**{"tools": ALL_TOOLS, "line_numbers": True, "max_output_chars": 4000, **kw})
 
     def specs(self) -> list[dict[str, Any]]:
-        return [SPECS[t] for t in self.tools]
+        """The tools as the chat template lists them (JSON-schema function specs)."""
+        if self.optional_params:
+            return [SPECS[t] for t in self.tools]
+        out = []
+        for t in self.tools:
+            spec, params = SPECS[t], SPECS[t]["parameters"]
+            props = {k: v for k, v in params["properties"].items() if k in params["required"]}
+            out.append({**spec, "parameters": {**params, "properties": props}})
+        return out
 
     def replace(self, **kw: Any) -> ToolConfig:
         return replace(self, **kw)

@@ -71,12 +71,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def add_warmstart_parser(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("warmstart", help="mid-train a model on scripted toy-family episodes (the RL warm start)",
                        description="Record scripted episodes with the agent loop in real sessions, then mid-train.")
-    w.add_argument("--tasks", default="toy:train:1500:1", help="toy-family tasks (toy:SPLIT[:N[:SEED]])")
-    w.add_argument("--steps", type=int, default=300)
+    w.add_argument("--tasks", default="toy:train:3000:1", help="toy-family tasks (toy:SPLIT[:N[:SEED]])")
+    w.add_argument("--steps", type=int, default=500)
     w.add_argument("--lr", type=float, default=3e-3)
     w.add_argument("--model", default="toy", help="model preset (default toy)")
     w.add_argument("--backend", default="local", choices=("local", "docker"))
     w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--loss-on", default="episode", choices=("episode", "assistant"),
+                   help="train on every token after the system turn (default) or on the scripted turns only")
     w.add_argument("--out", type=Path, default=Path("runs/warm"))
     w.add_argument("--resume", action="store_true")
     w.set_defaults(func=run_warmstart)
@@ -160,6 +162,6 @@ def run_warmstart(args: argparse.Namespace) -> int:
         raise _user_error("--tasks must be toy:SPLIT[:N[:SEED]]: scripted episodes exist for the toy family only")
     tasks = load_tasks(args.tasks)
     res = warm_start(tasks, args.out, steps=args.steps, lr=args.lr, model_preset=args.model, backend=args.backend,
-                     seed=args.seed, resume=args.resume)
+                     seed=args.seed, resume=args.resume, loss_on=args.loss_on)
     print(json.dumps(res))
     return 0

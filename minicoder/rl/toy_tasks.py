@@ -1,6 +1,6 @@
 """A procedurally generated task family a toy model can learn from: small functions, one injected bug.
 
-Each task is a repository of two files: a module with one small function (and, for some shapes, a
+Each task is a repository of two files: `solution.py`, a module with one small function (and, for some shapes, a
 helper) whose docstring states what it computes, and `test_visible.py`, a few checks the agent may
 run (`python test_visible.py` prints one line per check; the same file also runs under pytest).
 The hidden tests (`test_hidden.py`, in the task's `test_patch`) check more inputs and decide the
@@ -42,6 +42,7 @@ from minicoder.record import Environment, Task
 KINDS = ("operator", "constant", "compare", "swap_args", "return_var")
 SPLITS = ("train", "heldout")
 VISIBLE_CMD = "python test_visible.py"
+MODULE = "solution"  # every task's code lives in solution.py: the function and its bug vary, the file does not
 
 _NAMES = {
     "train": ["mix", "blend", "scale", "shift", "merge", "fold", "tally", "score", "weigh", "combine",
@@ -230,6 +231,8 @@ def make_task(split: str, seed: int, index: int) -> Task | None:
         return None  # the scripted fix replaces the line by exact match: it must be unique
     decoy_lines = list(prog.lines)
     decoy_lines[prog.bug_line] = prog.decoy
+    if buggy.count(prog.buggy.strip()) != 1 or _source(decoy_lines).count(prog.decoy.strip()) != 1:
+        return None  # ... and so must the line without its indentation (what the scripted edit names)
     f_gold, f_bug, f_decoy = (_compile(s, name) for s in (gold, buggy, _source(decoy_lines)))
     pool = sorted({(rng.randrange(-3, 10), rng.randrange(-3, 10)) for _ in range(40)})
     rng.shuffle(pool)
@@ -248,7 +251,7 @@ def make_task(split: str, seed: int, index: int) -> Task | None:
     if (not any(_safe(f_bug, p) != w for p, w in hid_cases) or len({w for _, w in hid_cases}) < 3
             or any(all(w == k for _, w in hid_cases) for k in (0, True, False, None))):
         return None
-    module = name
+    module = MODULE
     path = f"{module}.py"
     files = {path: buggy, "test_visible.py": _visible_file(module, name, vis_cases)}
     test_patch = make_diff("test_hidden.py", None, _hidden_file(module, name, hid_cases))

@@ -52,7 +52,8 @@ DEFAULT_MIX = {"direct": 0.3, "test_first": 0.2, "run_first": 0.2, "retry": 0.3}
 def script_steps(task, script: str) -> list[dict[str, Any]]:
     """The scripted replies for `task`, in order."""
     m = task.metadata
-    path, bug, fix, decoy = m["path"], m["buggy_line"], m["fixed_line"], m["decoy_line"]
+    # the edits name the line without its indentation: fewer tokens to copy, still a unique match
+    path, bug, fix, decoy = m["path"], *(m[k].strip() for k in ("buggy_line", "fixed_line", "decoy_line"))
     view = call("view", path=path)
     edit = call("str_replace", path=path, old_str=bug, new_str=fix)
     test, done = call("run_tests"), call("submit")
@@ -146,11 +147,20 @@ def family_tokenizer(episodes: list[dict[str, Any]], vocab_size: int = 2048, too
 
 def warm_start(tasks, out, steps: int = 300, lr: float = 3e-3, model_preset: str = "toy", backend: str = "local",
                seed: int = 0, resume: bool = False, open_env=None, rows: int = 8, seq_len: int = 1024,
-               vocab_size: int = 2048, progress: bool = True, **model_overrides: Any) -> dict[str, Any]:
-    """Episodes -> tokenizer -> mid-training -> ``out/final`` (a model folder). Resumable at each stage."""
+               vocab_size: int = 2048, loss_on: str = "episode", progress: bool = True,
+               **model_overrides: Any) -> dict[str, Any]:
+    """Episodes -> tokenizer -> mid-training -> ``out/final`` (a model folder). Resumable at each stage.
+
+    `loss_on`: "assistant" (the scripted turns only, as SFT on agent data usually does) or "episode"
+    (everything after the constant system turn: the task statement and the observations too). The
+    model starts from scratch, so "episode" gives it 7x more tokens to learn code and the tool
+    output from; above all, the observations repeat what came before (the view of the file, the
+    function's name in every test line), which is what teaches a small model to copy from its
+    context, and copying a line out of the view is most of a correct edit."""
     from pathlib import Path
 
-    from minicoder.agent.tokens import encode_conversation
+    from minicoder.agent.chat import IM_START
+    from minicoder.agent.tokens import encode_conversation, encode_text
     from minicoder.agent.tools import ToolConfig
     from minicoder.data.tokenizer import CodeTokenizer
     from minicoder.rl.report import export_final
@@ -171,9 +181,15 @@ def warm_start(tasks, out, steps: int = 300, lr: float = 3e-3, model_preset: str
     tok_path = out / "tokenizer.json"
     tok = CodeTokenizer.load(tok_path) if tok_path.exists() else family_tokenizer(episodes, vocab_size, tool_cfg)
     tok.save(tok_path)
+    if loss_on not in ("assistant", "episode"):
+        raise ValueError(f"loss_on must be 'assistant' or 'episode', got {loss_on!r}")
     ids, masks = [], []
+    start = encode_text(tok, IM_START, True)
     for e in episodes:
         i, m = encode_conversation(e["messages"], tok, tool_cfg.specs())
+        if loss_on == "episode":  # from the second <|im_start|> (the first user turn) on
+            first_user = next(k for k in range(1, len(i)) if i[k:k + len(start)] == start)
+            m = [0] * first_user + [1] * (len(i) - first_user)
         ids.append(i[:-1])  # a rollout ends at the last <|im_end|>; the template's newline is not part of it
         masks.append(m[:-1])
     ds = PackedDataset.from_token_lists(ids, seq_len, trainable=masks, pad_id=tok.pad_id)
@@ -189,7 +205,7 @@ def warm_start(tasks, out, steps: int = 300, lr: float = 3e-3, model_preset: str
     tr.close()
     final = export_final(model, tok, out / "final")
     return {"final": str(final), "episodes": len(episodes), "tokens": int(sum(map(len, ids))),
-            "policy_tokens": int(sum(map(sum, masks))), "steps": tr.step,
+            "loss_tokens": int(sum(map(sum, masks))), "loss_on": loss_on, "steps": tr.step,
             "loss": recs[-1]["loss"] if recs else None, "parameters": model.num_parameters()}
 
 
