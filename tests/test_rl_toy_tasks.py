@@ -41,8 +41,12 @@ def test_splits_differ_in_functions_and_mutation_parameters(splits):
     train, held = splits
     base = lambda t: t.metadata["function"].rsplit("_", 1)[0]
     assert not {base(t) for t in train} & {base(t) for t in held}  # disjoint function names
-    consts = lambda ts: {int(c) for t in ts for c in re.findall(r"\b\d\b", t.metadata["fixed_line"])}
-    assert not consts(train) & consts(held)  # disjoint constants in the code that is fixed
+    # no held-out bug is a train bug: the buggy lines (the code around the bug is shared vocabulary)
+    bugs = lambda ts: {(t.metadata["buggy_line"], t.metadata["fixed_line"]) for t in ts}
+    assert not bugs(train) & bugs(held)
+    # the wrong variable returned: an intermediate in train, an argument in heldout
+    assert {t.metadata["buggy_line"].strip() for t in train if t.metadata["kind"] == "return_var"} == {"return s"}
+    assert {t.metadata["buggy_line"].strip() for t in held if t.metadata["kind"] == "return_var"} == {"return a"}
     # off-by-one goes up in train, down in heldout
     for ts, sign in ((train, +1), (held, -1)):
         for t in ts:

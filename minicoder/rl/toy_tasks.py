@@ -16,10 +16,18 @@ The docstring is the specification (it says e.g. "Return (a + b) * 3."), so the 
 reading the code against it, and the visible tests show which behaviour is wrong.
 
 Splits ("train" / "heldout") differ in the functions and in the mutation parameters, not only in the
-seed: disjoint pools of function and variable names, disjoint constants, and different mutation
-tables (e.g. the off-by-one goes up in train and down in heldout; the operator and comparison swaps
-are different pairs). A model that memorised train functions or train mutations gains nothing on
-heldout; it has to have learned to read code against its docstring.
+seed: disjoint pools of function names and different mutation tables (the off-by-one goes up in
+train and down in heldout; the operator and comparison swaps are different pairs, so a held-out bug
+is never a train bug). A model that memorised train mutations ("a `-` here was a `+`") gains nothing
+on heldout; it has to read the code against its docstring.
+
+Why shared names: the first version also drew the parameter, local and helper names and the
+constants from disjoint per-split pools. A from-scratch model of a few million parameters, trained
+for minutes on a CPU, never learned to copy a line it had not seen from its context (which is what
+an edit of an unseen name needs): after 500 steps it wrote train-split lines into held-out edits,
+0% pass@1 on both splits. So the family keeps what makes a task a task (which line is wrong, what
+the docstring asks for, which way the mutation went) and drops the unseen vocabulary, and every
+module is `solution.py`: the toy model learns to fix code, not to copy identifiers.
 
 Generation is deterministic in (split, seed, index). Every task is checked here by running the
 generated code in-process (it is ours, trusted): the gold function passes every visible and hidden
@@ -49,18 +57,22 @@ _NAMES = {
               "adjust", "grow", "span", "stretch", "pack", "tilt", "lift", "spread", "sway", "morph"],
     "heldout": ["warp", "fuse", "twist", "churn", "bend", "knit"],
 }
-_PARAMS = {
-    "train": [("a", "b"), ("x", "y"), ("p", "q"), ("i", "j"), ("n", "k"), ("lo", "hi"), ("left", "right"),
-              ("first", "second"), ("base", "step")],
-    "heldout": [("u", "v"), ("m", "w"), ("head", "tail")],
-}
-_LOCALS = {"train": ("s", "t", "r"), "heldout": ("d", "e", "g")}
-_HELPERS = {"train": ["_h", "_op", "_f", "_calc"], "heldout": ["_g", "_aux"]}
-_CONSTS = {"train": [2, 3, 4, 5], "heldout": [6, 7, 8]}
+# The names inside a function and its constants are shared by the splits (see "Why shared names").
+_PARAMS = {"train": [("a", "b")], "heldout": [("a", "b")]}
+_LOCALS = {"train": ("s", "t", "r"), "heldout": ("s", "t", "r")}
+_HELPERS = {"train": ["_h"], "heldout": ["_h"]}
+_CONSTS = {"train": [3, 4, 5, 6], "heldout": [3, 4, 5, 6]}
 # mutation parameters, per split
 _OP_SWAP = {"train": {"+": "-", "-": "+", "*": "+"}, "heldout": {"+": "*", "-": "*", "*": "-"}}
 _OFF_BY = {"train": +1, "heldout": -1}
 _CMP_FLIP = {"train": {">": "<", "<": ">"}, "heldout": {">": "<=", "<": ">="}}
+# the wrong variable returned: the last intermediate in train, the first argument in heldout
+def _ret_var(split: str, local: str, arg: str) -> tuple[str, str]:
+    """(buggy line, decoy line) of a return_var bug."""
+    wrong, decoy = (local, arg) if split == "train" else (arg, local)
+    return f"    return {wrong}", f"    return {decoy}"
+
+
 _OP_WORD = {"+": "plus", "-": "minus", "*": "times"}
 
 
@@ -99,7 +111,7 @@ def _arith(rng: random.Random, split: str, name: str, ps: tuple[str, str], kind:
         return Program(name, ps, lines, 3, f"    {t} = {s} {op2} {wrong}", f"    {t} = {s} {op2} {wrong + _OFF_BY[split]}",
                        kind)
     if kind == "return_var":
-        return Program(name, ps, lines, 4, f"    return {s}", f"    return {a}", kind)
+        return Program(name, ps, lines, 4, *_ret_var(split, s, a), kind)
     return None
 
 
@@ -125,7 +137,7 @@ def _pick(rng: random.Random, split: str, name: str, ps: tuple[str, str], kind: 
         other = next(o for o in "+-*" if o not in (op, new))
         return Program(name, ps, lines, 6, f"    {r} = {m} {new} {c}", f"    {r} = {m} {other} {c}", kind)
     if kind == "return_var":
-        return Program(name, ps, lines, 7, f"    return {m}", f"    return {a}", kind)
+        return Program(name, ps, lines, 7, *_ret_var(split, m, a), kind)
     return None
 
 
@@ -136,11 +148,12 @@ def _helper(rng: random.Random, split: str, name: str, ps: tuple[str, str], kind
     k = rng.choice(_CONSTS[split])
     op = rng.choice("+-*")
     c = rng.choice(_CONSTS[split])
-    doc = f"Return {h}({a}, {b}) {op} {c}, where {h}(x, y) is x * {k} - y."
+    x, y = (a, b) if split == "train" else (b, a)  # the helper's argument order differs per split
+    doc = f"Return {h}({x}, {y}) {op} {c}, where {h}(x, y) is x * {k} - y."
     lines = [f"def {h}(x, y):", f"    return x * {k} - y", "", "", f"def {name}({a}, {b}):", f'    """{doc}"""',
-             f"    {d} = {h}({a}, {b})", f"    {r} = {d} {op} {c}", f"    return {r}"]
+             f"    {d} = {h}({x}, {y})", f"    {r} = {d} {op} {c}", f"    return {r}"]
     if kind == "swap_args":
-        return Program(name, ps, lines, 6, f"    {d} = {h}({b}, {a})", f"    {d} = {h}({a}, {a})", kind)
+        return Program(name, ps, lines, 6, f"    {d} = {h}({y}, {x})", f"    {d} = {h}({x}, {x})", kind)
     if kind == "constant":
         wrong = k + _OFF_BY[split]
         return Program(name, ps, lines, 1, f"    return x * {wrong} - y", f"    return x * {wrong + _OFF_BY[split]} - y",
@@ -150,7 +163,7 @@ def _helper(rng: random.Random, split: str, name: str, ps: tuple[str, str], kind
         other = next(o for o in "+-*" if o not in (op, new))
         return Program(name, ps, lines, 7, f"    {r} = {d} {new} {c}", f"    {r} = {d} {other} {c}", kind)
     if kind == "return_var":
-        return Program(name, ps, lines, 8, f"    return {d}", f"    return {a}", kind)
+        return Program(name, ps, lines, 8, *_ret_var(split, d, a), kind)
     return None
 
 
