@@ -129,13 +129,11 @@ if (WARM / "config.json").is_file():
 else:
     tmp = Path(tempfile.mkdtemp(prefix="warm_"))
     t0 = time.perf_counter()
-    small = dict(hidden_size=64, num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
-                 num_attention_heads=2, num_key_value_heads=1, head_dim=32, num_experts=0, intermediate_size=128,
-                 linear_num_key_heads=1, linear_num_value_heads=2, linear_key_head_dim=16, linear_value_head_dim=16)
-    info = warmstart.warm_start(train[:48], tmp, steps=60 if CI else 120, rows=2, lr=3e-3, progress=False, **small)
+    info = warmstart.warm_start(train[:48], tmp, steps=60 if CI else 120, rows=2, lr=3e-3, progress=False,
+                                **warmstart.TINY_MODEL)
     WARM = Path(info["final"])
     print(f"trained a tiny warm start in {time.perf_counter() - t0:.0f}s: {info['episodes']} episodes, "
-          f"{info['policy_tokens']} of {info['tokens']} tokens carry loss, final loss {info['loss']:.2f}")
+          f"{info['loss_tokens']} of {info['tokens']} tokens carry loss, final loss {info['loss']:.2f}")
 model, tok = load_model_folder(WARM)
 print(f"{model.num_parameters() / 1e6:.2f}M parameters, vocabulary {tok.vocab_size}")
 
