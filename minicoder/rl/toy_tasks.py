@@ -27,7 +27,10 @@ for minutes on a CPU, never learned to copy a line it had not seen from its cont
 an edit of an unseen name needs): after 500 steps it wrote train-split lines into held-out edits,
 0% pass@1 on both splits. So the family keeps what makes a task a task (which line is wrong, what
 the docstring asks for, which way the mutation went) and drops the unseen vocabulary, and every
-module is `solution.py`: the toy model learns to fix code, not to copy identifiers.
+module is `solution.py`: the toy model learns to fix code, not to copy identifiers. Measured with the
+shared names (`minicoder warmstart` defaults, 16 tasks, greedy + 2 samples each): pass@1 31% greedy
+and 28% sampled on train-split tasks of its own seed, still 0% on heldout. It has learned the train
+mutation tables, not yet to read code against its docstring; see the RL issue's notes for next steps.
 
 Generation is deterministic in (split, seed, index). Every task is checked here by running the
 generated code in-process (it is ours, trusted): the gold function passes every visible and hidden
