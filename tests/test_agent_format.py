@@ -171,3 +171,16 @@ def test_engine_rows_sample_independently_of_their_batch():
     assert together[1][0] == alone[0][0]
     eng.invalidate()  # new weights: the shared prefix is read again
     assert eng.version == 1 and eng._prefix is None
+
+
+def test_toy_prompt_lists_only_required_parameters():
+    full, toy = ToolConfig(tools=ToolConfig.toy().tools).specs(), ToolConfig.toy().specs()
+    assert [s["name"] for s in full] == [s["name"] for s in toy]
+    opt = {s["name"]: set(s["parameters"]["properties"]) - set(s["parameters"]["required"]) for s in full}
+    assert opt["view"] == {"view_range"} and opt["run_tests"] == {"tests"}  # what the toy prompt drops
+    for f, t in zip(full, toy):
+        assert set(t["parameters"]["properties"]) == set(f["parameters"]["required"])
+        assert t["parameters"]["required"] == f["parameters"]["required"] and t["description"] == f["description"]
+    text = render_chat([{"role": "user", "content": "fix it"}], toy)
+    assert "view_range" not in text and "<name>old_str</name>" in text
+    assert len(text) < len(render_chat([{"role": "user", "content": "fix it"}], full))

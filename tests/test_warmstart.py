@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 import torch
 
+from minicoder.agent.chat import render_chat
 from minicoder.agent.evaluate import grade
 from minicoder.agent.loop import AgentLimits, Job, run_rollouts
 from minicoder.agent.tokens import encode_conversation
@@ -21,6 +22,7 @@ from minicoder.rl.warmstart import (
     SCRIPTS,
     export_checkpoint,
     family_tokenizer,
+    loss_mask,
     pick_script,
     scripted_policy,
     warm_start,
@@ -97,6 +99,15 @@ def test_training_ids_are_the_ids_the_model_sees_when_acting(tasks, opener):
         assert tok.decode(ids[-1:]) == "\n"  # the template's newline after the last <|im_end|>
         assert tr.tokens == ids[:-1] and tr.mask == mask[:-1]
         assert sum(tr.mask) > 0 and tr.mask[tr.prompt_tokens - 1] == 0
+        # the loss masks: the scripted turns only, or everything after the system turn
+        assert loss_mask(ids, mask, tok, "assistant") == mask
+        ep = loss_mask(ids, mask, tok, "episode")
+        n0 = ep.index(1)
+        text = render_chat(tr.messages, TOOLS.specs())
+        assert tok.decode(ids[:n0]) == text[:text.index("<|im_start|>user")]  # exactly the system turn
+        assert all(ep[n0:]) and all(e >= m for e, m in zip(ep, mask)) and sum(ep) > sum(mask)
+    with pytest.raises(ValueError, match="loss_on"):
+        loss_mask(ids, mask, tok, "observations")
 
 
 def test_tiny_warm_start_end_to_end_resume_and_export(tmp_path, opener):

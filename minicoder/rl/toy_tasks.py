@@ -1,8 +1,8 @@
 """A procedurally generated task family a toy model can learn from: small functions, one injected bug.
 
-Each task is a repository of two files: `solution.py`, a module with one small function (and, for some shapes, a
-helper) whose docstring states what it computes, and `test_visible.py`, a few checks the agent may
-run (`python test_visible.py` prints one line per check; the same file also runs under pytest).
+Each task is a repository of two files: `solution.py`, a module with one small function (and, for
+some shapes, a helper) whose docstring states what it computes, and `test_visible.py`, a few checks
+the agent may run (`python test_visible.py` prints one line per check; pytest runs them too).
 The hidden tests (`test_hidden.py`, in the task's `test_patch`) check more inputs and decide the
 reward. One bug is injected, of one of the kinds mutation testing uses:
 
@@ -69,14 +69,14 @@ _CONSTS = {"train": [3, 4, 5, 6], "heldout": [3, 4, 5, 6]}
 _OP_SWAP = {"train": {"+": "-", "-": "+", "*": "+"}, "heldout": {"+": "*", "-": "*", "*": "-"}}
 _OFF_BY = {"train": +1, "heldout": -1}
 _CMP_FLIP = {"train": {">": "<", "<": ">"}, "heldout": {">": "<=", "<": ">="}}
-# the wrong variable returned: the last intermediate in train, the first argument in heldout
+_OP_WORD = {"+": "plus", "-": "minus", "*": "times"}
+
+
 def _ret_var(split: str, local: str, arg: str) -> tuple[str, str]:
-    """(buggy line, decoy line) of a return_var bug."""
+    """(buggy line, decoy line) of a return_var bug: the last intermediate is returned in train, the
+    first argument in heldout (a mutation parameter per split, like the tables above)."""
     wrong, decoy = (local, arg) if split == "train" else (arg, local)
     return f"    return {wrong}", f"    return {decoy}"
-
-
-_OP_WORD = {"+": "plus", "-": "minus", "*": "times"}
 
 
 @dataclass

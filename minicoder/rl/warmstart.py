@@ -144,27 +144,49 @@ def family_tokenizer(episodes: list[dict[str, Any]], vocab_size: int = 2048, too
     return train_tokenizer(code + texts, vocab_size=vocab_size)
 
 
+LOSS_ON = ("episode", "assistant")
+
+
+def loss_mask(ids: list[int], assistant_mask: list[int], tokenizer, loss_on: str = "episode") -> list[int]:
+    """Which tokens of an encoded episode carry loss.
+
+    "assistant": the scripted turns only (`encode_conversation`'s mask, as SFT on agent data usually
+    does). "episode": every token from the first user turn on (the second ``<|im_start|>``): the task
+    statement and the observations too, so a model trained from scratch learns from about half of
+    the tokens instead of ~12%, and from observations that repeat what came before (the file in the
+    view, the function's name in every test line). That this helps it learn to copy is a hypothesis;
+    with the eased toy family both modes were not compared side by side (see `toy_tasks`)."""
+    if loss_on == "assistant":
+        return list(assistant_mask)
+    if loss_on != "episode":
+        raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
+    from minicoder.agent.chat import IM_START
+    from minicoder.agent.tokens import encode_text
+
+    start = encode_text(tokenizer, IM_START, True)
+    first_user = next((k for k in range(1, len(ids)) if ids[k:k + len(start)] == start), None)
+    if first_user is None:
+        raise ValueError("the episode has no turn after the system turn")
+    return [0] * first_user + [1] * (len(ids) - first_user)
+
+
 def warm_start(tasks, out, steps: int = 300, lr: float = 3e-3, model_preset: str = "toy", backend: str = "local",
                seed: int = 0, resume: bool = False, open_env=None, rows: int = 8, seq_len: int = 1024,
                vocab_size: int = 2048, loss_on: str = "episode", progress: bool = True,
                **model_overrides: Any) -> dict[str, Any]:
     """Episodes -> tokenizer -> mid-training -> ``out/final`` (a model folder). Resumable at each stage.
 
-    `loss_on`: "assistant" (the scripted turns only, as SFT on agent data usually does) or "episode"
-    (everything after the constant system turn: the task statement and the observations too). The
-    model starts from scratch, so "episode" gives it 7x more tokens to learn code and the tool
-    output from; above all, the observations repeat what came before (the view of the file, the
-    function's name in every test line), which is what teaches a small model to copy from its
-    context, and copying a line out of the view is most of a correct edit."""
+    `loss_on`: see `loss_mask`."""
     from pathlib import Path
 
-    from minicoder.agent.chat import IM_START
-    from minicoder.agent.tokens import encode_conversation, encode_text
+    from minicoder.agent.tokens import encode_conversation
     from minicoder.agent.tools import ToolConfig
     from minicoder.data.tokenizer import CodeTokenizer
     from minicoder.rl.report import export_final
     from minicoder.train import PackedDataset, TrainConfig, Trainer, build_model
 
+    if loss_on not in LOSS_ON:
+        raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tool_cfg = ToolConfig.toy()
@@ -180,15 +202,10 @@ def warm_start(tasks, out, steps: int = 300, lr: float = 3e-3, model_preset: str
     tok_path = out / "tokenizer.json"
     tok = CodeTokenizer.load(tok_path) if tok_path.exists() else family_tokenizer(episodes, vocab_size, tool_cfg)
     tok.save(tok_path)
-    if loss_on not in ("assistant", "episode"):
-        raise ValueError(f"loss_on must be 'assistant' or 'episode', got {loss_on!r}")
     ids, masks = [], []
-    start = encode_text(tok, IM_START, True)
     for e in episodes:
         i, m = encode_conversation(e["messages"], tok, tool_cfg.specs())
-        if loss_on == "episode":  # from the second <|im_start|> (the first user turn) on
-            first_user = next(k for k in range(1, len(i)) if i[k:k + len(start)] == start)
-            m = [0] * first_user + [1] * (len(i) - first_user)
+        m = loss_mask(i, m, tok, loss_on)
         ids.append(i[:-1])  # a rollout ends at the last <|im_end|>; the template's newline is not part of it
         masks.append(m[:-1])
     ds = PackedDataset.from_token_lists(ids, seq_len, trainable=masks, pad_id=tok.pad_id)
