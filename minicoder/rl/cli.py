@@ -81,6 +81,9 @@ def add_warmstart_parser(sub: argparse._SubParsersAction) -> None:
                    help="train on every token after the system turn (default) or on the scripted turns only")
     w.add_argument("--out", type=Path, default=Path("runs/warm"))
     w.add_argument("--resume", action="store_true")
+    from minicoder.config import add_set_argument
+
+    add_set_argument(w)
     w.set_defaults(func=run_warmstart)
 
 
@@ -156,12 +159,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_warmstart(args: argparse.Namespace) -> int:
+    from minicoder.config import parse_overrides
     from minicoder.rl.warmstart import warm_start
 
     if not args.tasks.startswith("toy:"):
         raise _user_error("--tasks must be toy:SPLIT[:N[:SEED]]: scripted episodes exist for the toy family only")
     tasks = load_tasks(args.tasks)
     res = warm_start(tasks, args.out, steps=args.steps, lr=args.lr, model_preset=args.model, backend=args.backend,
-                     seed=args.seed, resume=args.resume, loss_on=args.loss_on)
+                     seed=args.seed, resume=args.resume, loss_on=args.loss_on,
+                     **parse_overrides(getattr(args, "overrides", None)))
     print(json.dumps(res))
     return 0

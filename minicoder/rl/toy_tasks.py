@@ -12,8 +12,10 @@ reward. One bug is injected, of one of the kinds mutation testing uses:
   swap_args    the arguments of a call swapped (`_h(a, b)` -> `_h(b, a)`)
   return_var   the wrong variable returned (`return t` -> `return s`)
 
-The docstring is the specification (it says e.g. "Return (a + b) * 3."), so the fix follows from
-reading the code against it, and the visible tests show which behaviour is wrong.
+The docstring is the specification: it says what the function returns and then spells out the
+correct body step by step ("Return (a + b) * 3. Steps: s = a + b; t = s * 3; return t"), so the bug is
+the one line that disagrees with its docstring, the fix is the docstring's version of that line, and
+the visible tests show which behaviour is wrong.
 
 Splits ("train" / "heldout") differ in the functions and in the mutation parameters, not only in the
 seed: disjoint pools of function names and different mutation tables (the off-by-one goes up in
@@ -28,9 +30,12 @@ an edit of an unseen name needs): after 500 steps it wrote train-split lines int
 0% pass@1 on both splits. So the family keeps what makes a task a task (which line is wrong, what
 the docstring asks for, which way the mutation went) and drops the unseen vocabulary, and every
 module is `solution.py`: the toy model learns to fix code, not to copy identifiers. Measured with the
-shared names (`minicoder warmstart` defaults, 16 tasks, greedy + 2 samples each): pass@1 31% greedy
-and 28% sampled on train-split tasks of its own seed, still 0% on heldout. It has learned the train
-mutation tables, not yet to read code against its docstring; see the RL issue's notes for next steps.
+shared names and a docstring that only summarised ("Return (a + b) * 3.") (`minicoder warmstart`
+defaults, 16 tasks, greedy + 2 samples each): pass@1 31% greedy and 28% sampled on train-split tasks
+of its own seed, 0% on heldout. It had learned the train mutation tables, not to read code against
+its docstring: deriving `s = a + b` from "(a + b) * 3" and spotting the mismatch was beyond it. Hence
+the step-by-step docstring: a fix is now a copy of the one docstring step that the code gets wrong, a
+skill that does not depend on the mutation tables and so can transfer to heldout.
 
 Generation is deterministic in (split, seed, index). Every task is checked here by running the
 generated code in-process (it is ours, trusted): the gold function passes every visible and hidden
@@ -98,9 +103,8 @@ def _arith(rng: random.Random, split: str, name: str, ps: tuple[str, str], kind:
     s, t, _ = _LOCALS[split]
     op1, op2 = rng.choice("+-*"), rng.choice("+-*")
     c = rng.choice(_CONSTS[split])
-    doc = f"Return ({a} {op1} {b}) {op2} {c}."
-    lines = [f"def {name}({a}, {b}):", f'    """{doc}"""', f"    {s} = {a} {op1} {b}", f"    {t} = {s} {op2} {c}",
-             f"    return {t}"]
+    body = [f"{s} = {a} {op1} {b}", f"{t} = {s} {op2} {c}", f"return {t}"]
+    lines = [f"def {name}({a}, {b}):", _docline(f"Return ({a} {op1} {b}) {op2} {c}", body)] + [f"    {x}" for x in body]
     if kind == "operator":
         which = rng.choice([2, 3])
         op = op1 if which == 2 else op2
@@ -125,9 +129,10 @@ def _pick(rng: random.Random, split: str, name: str, ps: tuple[str, str], kind: 
     op = rng.choice("+-*")
     c = rng.choice(_CONSTS[split])
     which = "larger" if cmp == ">" else "smaller"
-    doc = f"Return the {which} of {a} and {b}, {_OP_WORD[op]} {c}."
-    lines = [f"def {name}({a}, {b}):", f'    """{doc}"""', f"    if {a} {cmp} {b}:", f"        {m} = {a}", "    else:",
-             f"        {m} = {b}", f"    {r} = {m} {op} {c}", f"    return {r}"]
+    body = [f"if {a} {cmp} {b}:", f"    {m} = {a}", "else:", f"    {m} = {b}", f"{r} = {m} {op} {c}", f"return {r}"]
+    spec = [f"if {a} {cmp} {b}: {m} = {a}", f"else: {m} = {b}", *body[4:]]
+    lines = [f"def {name}({a}, {b}):", _docline(f"Return the {which} of {a} and {b}, {_OP_WORD[op]} {c}", spec)]
+    lines += [f"    {x}" for x in body]
     if kind == "compare":
         new = _CMP_FLIP[split][cmp]
         return Program(name, ps, lines, 2, f"    if {a} {new} {b}:", f"    if {a} == {b}:", kind)
@@ -152,9 +157,10 @@ def _helper(rng: random.Random, split: str, name: str, ps: tuple[str, str], kind
     op = rng.choice("+-*")
     c = rng.choice(_CONSTS[split])
     x, y = (a, b) if split == "train" else (b, a)  # the helper's argument order differs per split
-    doc = f"Return {h}({x}, {y}) {op} {c}, where {h}(x, y) is x * {k} - y."
-    lines = [f"def {h}(x, y):", f"    return x * {k} - y", "", "", f"def {name}({a}, {b}):", f'    """{doc}"""',
-             f"    {d} = {h}({x}, {y})", f"    {r} = {d} {op} {c}", f"    return {r}"]
+    body = [f"{d} = {h}({x}, {y})", f"{r} = {d} {op} {c}", f"return {r}"]
+    spec = [f"{h}(x, y): return x * {k} - y", *body]
+    lines = [f"def {h}(x, y):", f"    return x * {k} - y", "", "", f"def {name}({a}, {b}):",
+             _docline(f"Return {h}({x}, {y}) {op} {c}", spec)] + [f"    {x_}" for x_ in body]
     if kind == "swap_args":
         return Program(name, ps, lines, 6, f"    {d} = {h}({y}, {x})", f"    {d} = {h}({x}, {x})", kind)
     if kind == "constant":
@@ -171,6 +177,11 @@ def _helper(rng: random.Random, split: str, name: str, ps: tuple[str, str], kind
 
 
 SHAPES = (_arith, _pick, _helper)
+
+
+def _docline(summary: str, spec: list[str]) -> str:
+    """The docstring: what the function returns, then the correct body, step by step (the spec)."""
+    return f'    """{summary}. Steps: {"; ".join(spec)}"""'
 
 
 def _source(lines: list[str]) -> str:
