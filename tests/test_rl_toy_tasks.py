@@ -41,32 +41,44 @@ def test_splits_differ_in_functions_and_mutation_parameters(splits):
     train, held = splits
     base = lambda t: t.metadata["function"].rsplit("_", 1)[0]
     assert not {base(t) for t in train} & {base(t) for t in held}  # disjoint function names
-    # no held-out bug is a train bug: the buggy lines (the code around the bug is shared vocabulary)
-    bugs = lambda ts: {(t.metadata["buggy_line"], t.metadata["fixed_line"]) for t in ts}
+    # no held-out bug is a train bug: the buggy lines (the code around the bug is shared vocabulary);
+    # an argument swap is a swap in both splits, of the calls to different helpers
+    bugs = lambda ts: {(t.metadata["buggy_line"], t.metadata["fixed_line"]) for t in ts if t.metadata["kind"] != "swap_args"}
     assert not bugs(train) & bugs(held)
-    # the wrong variable returned: an intermediate in train, an argument in heldout
-    assert {t.metadata["buggy_line"].strip() for t in train if t.metadata["kind"] == "return_var"} == {"return s"}
-    assert {t.metadata["buggy_line"].strip() for t in held if t.metadata["kind"] == "return_var"} == {"return a"}
-    # off-by-one goes up in train, down in heldout
-    for ts, sign in ((train, +1), (held, -1)):
+    helper = lambda ts: {t.environment.files["solution.py"].split("\n")[1] for t in ts if t.metadata["kind"] == "swap_args"}
+    assert all("x * " in h for h in helper(train)) and all("x - " in h for h in helper(held))
+    # the wrong variable returned: the intermediate or the first argument in train, the second in heldout
+    assert {t.metadata["buggy_line"].strip() for t in train if t.metadata["kind"] == "return_var"} == {"return s", "return a"}
+    assert {t.metadata["buggy_line"].strip() for t in held if t.metadata["kind"] == "return_var"} == {"return b"}
+    # constants are off by one, either way, in train; by two in heldout
+    for ts, offsets in ((train, {-1, +1}), (held, {-2, +2})):
+        seen = set()
         for t in ts:
             if t.metadata["kind"] == "constant":
                 gold, bug = _ops(t)
-                g = [int(x) for x in re.findall(r"\d+", gold)]
-                b = [int(x) for x in re.findall(r"\d+", bug)]
-                assert [y - x for x, y in zip(g, b) if x != y] == [sign]
+                g = [int(x) for x in re.findall(r"-?\d+", gold)]
+                b = [int(x) for x in re.findall(r"-?\d+", bug)]
+                d = [y - x for x, y in zip(g, b) if x != y]
+                assert len(d) == 1 and d[0] in offsets
+                seen |= set(d)
+        assert seen == offsets
     # operator swaps and flipped comparisons are different pairs
     def pairs(ts, kind):
         out = set()
         for t in ts:
             if t.metadata["kind"] == kind:
                 gold, bug = _ops(t)
-                tg = re.findall(r" ([-+*]|[<>]=?) ", gold)
-                tb = re.findall(r" ([-+*]|[<>]=?) ", bug)
+                tg = re.findall(r" ([-+*%]|//|[<>]=?) ", gold)
+                tb = re.findall(r" ([-+*%]|//|[<>]=?) ", bug)
                 out |= {(a, b) for a, b in zip(tg, tb) if a != b}
         return out
     for kind in ("operator", "compare"):
         assert pairs(train, kind) and pairs(held, kind) and not pairs(train, kind) & pairs(held, kind), kind
+    # in train every bug needs the docstring: each operator becomes both others, both comparison
+    # directions and both helper argument orders occur in correct code
+    assert pairs(train, "operator") == {(a, b) for a in "+-*" for b in "+-*" if a != b}
+    gold_lines = {line.strip() for t in train for line in apply_patch(t.environment.files, t.patch)["solution.py"].splitlines()}
+    assert {"if a > b:", "if a < b:", "s = _h(a, b)", "s = _h(b, a)"} <= gold_lines
 
 
 def test_scripted_fixes_apply_and_hidden_tests_stay_hidden(splits):

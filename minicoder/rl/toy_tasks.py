@@ -18,10 +18,13 @@ the one line that disagrees with its docstring, the fix is the docstring's versi
 the visible tests show which behaviour is wrong.
 
 Splits ("train" / "heldout") differ in the functions and in the mutation parameters, not only in the
-seed: disjoint pools of function names and different mutation tables (the off-by-one goes up in
-train and down in heldout; the operator and comparison swaps are different pairs, so a held-out bug
-is never a train bug). A model that memorised train mutations ("a `-` here was a `+`") gains nothing
-on heldout; it has to read the code against its docstring.
+seed: disjoint pools of function names, and held-out mutations that train never makes (constants off
+by 2 instead of 1, comparisons flipped to the non-strict opposite, operators replaced by `//` or `%`,
+the second argument returned, a different helper called in one argument order). In train every bug is ambiguous without the docstring (an
+operator becomes either other operator, a constant moves either way, both comparison directions and
+both argument orders occur in correct code), so a model cannot fit the train split by memorising
+"a `-` here was a `+`": the one rule that fits is "make the line agree with its docstring step",
+which is also what solves heldout.
 
 Why shared names: the first version also drew the parameter, local and helper names and the
 constants from disjoint per-split pools. A from-scratch model of a few million parameters, trained
@@ -70,17 +73,40 @@ _PARAMS = {"train": [("a", "b")], "heldout": [("a", "b")]}
 _LOCALS = {"train": ("s", "t", "r"), "heldout": ("s", "t", "r")}
 _HELPERS = {"train": ["_h"], "heldout": ["_h"]}
 _CONSTS = {"train": [3, 4, 5, 6], "heldout": [3, 4, 5, 6]}
-# mutation parameters, per split
-_OP_SWAP = {"train": {"+": "-", "-": "+", "*": "+"}, "heldout": {"+": "*", "-": "*", "*": "-"}}
-_OFF_BY = {"train": +1, "heldout": -1}
+# Mutation parameters, per split. In train every bug is ambiguous without the docstring (an operator
+# becomes any other operator, a constant moves up or down, both comparison directions and both helper
+# argument orders occur in gold code, two different wrong variables are returned), so the only rule that
+# fits the train tasks is "make the line agree with its docstring step", which is also the held-out rule.
+# Held-out mutations are ones train never makes: constants off by 2 (not 1), comparisons flipped to
+# the non-strict opposite, the second argument returned, operators replaced by `//` or `%` (train code
+# never contains them: the held-out old_str is a copy of a line unlike any seen, the fix still a copy
+# of the docstring step).
+_OP_SWAP_HELDOUT = {"+": "//", "-": "%", "*": "//"}
+_OFF_BY = {"train": (-1, +1), "heldout": (-2, +2)}
 _CMP_FLIP = {"train": {">": "<", "<": ">"}, "heldout": {">": "<=", "<": ">="}}
+_HELPER_BODY = {"train": "x * {k} - y", "heldout": "x - {k} * y"}  # the helper itself differs per split
 _OP_WORD = {"+": "plus", "-": "minus", "*": "times"}
 
 
-def _ret_var(split: str, local: str, arg: str) -> tuple[str, str]:
-    """(buggy line, decoy line) of a return_var bug: the last intermediate is returned in train, the
-    first argument in heldout (a mutation parameter per split, like the tables above)."""
-    wrong, decoy = (local, arg) if split == "train" else (arg, local)
+def _op_swap(rng: random.Random, split: str, op: str) -> tuple[str, str]:
+    """(the mutated operator, a decoy operator) for an operator bug on `op`."""
+    new = rng.choice([o for o in "+-*" if o != op]) if split == "train" else _OP_SWAP_HELDOUT[op]
+    return new, next(o for o in "+-*" if o not in (op, new))
+
+
+def _off_by(rng: random.Random, split: str, c: int) -> tuple[int, int]:
+    """(the mutated constant, a decoy constant) for an off-by-n bug on `c`."""
+    d = rng.choice(_OFF_BY[split])
+    return c + d, c + 2 * d
+
+
+def _ret_var(rng: random.Random, split: str, local: str, args: tuple[str, str]) -> tuple[str, str]:
+    """(buggy line, decoy line) of a return_var bug: the last intermediate or the first argument is
+    returned in train, the second argument in heldout."""
+    if split == "train":
+        wrong, decoy = rng.sample([local, args[0]], 2)
+    else:
+        wrong, decoy = args[1], local
     return f"    return {wrong}", f"    return {decoy}"
 
 
@@ -108,17 +134,15 @@ def _arith(rng: random.Random, split: str, name: str, ps: tuple[str, str], kind:
     if kind == "operator":
         which = rng.choice([2, 3])
         op = op1 if which == 2 else op2
-        new = _OP_SWAP[split][op]
+        new, other = _op_swap(rng, split, op)
         buggy = lines[which].replace(f" {op} ", f" {new} ", 1)
-        other = next(o for o in "+-*" if o not in (op, new))
         decoy = lines[which].replace(f" {op} ", f" {other} ", 1)
         return Program(name, ps, lines, which, buggy, decoy, kind)
     if kind == "constant":
-        wrong = c + _OFF_BY[split]
-        return Program(name, ps, lines, 3, f"    {t} = {s} {op2} {wrong}", f"    {t} = {s} {op2} {wrong + _OFF_BY[split]}",
-                       kind)
+        wrong, decoy_c = _off_by(rng, split, c)
+        return Program(name, ps, lines, 3, f"    {t} = {s} {op2} {wrong}", f"    {t} = {s} {op2} {decoy_c}", kind)
     if kind == "return_var":
-        return Program(name, ps, lines, 4, *_ret_var(split, s, a), kind)
+        return Program(name, ps, lines, 4, *_ret_var(rng, split, s, ps), kind)
     return None
 
 
@@ -137,15 +161,13 @@ def _pick(rng: random.Random, split: str, name: str, ps: tuple[str, str], kind: 
         new = _CMP_FLIP[split][cmp]
         return Program(name, ps, lines, 2, f"    if {a} {new} {b}:", f"    if {a} == {b}:", kind)
     if kind == "constant":
-        wrong = c + _OFF_BY[split]
-        return Program(name, ps, lines, 6, f"    {r} = {m} {op} {wrong}", f"    {r} = {m} {op} {wrong + _OFF_BY[split]}",
-                       kind)
+        wrong, decoy_c = _off_by(rng, split, c)
+        return Program(name, ps, lines, 6, f"    {r} = {m} {op} {wrong}", f"    {r} = {m} {op} {decoy_c}", kind)
     if kind == "operator":
-        new = _OP_SWAP[split][op]
-        other = next(o for o in "+-*" if o not in (op, new))
+        new, other = _op_swap(rng, split, op)
         return Program(name, ps, lines, 6, f"    {r} = {m} {new} {c}", f"    {r} = {m} {other} {c}", kind)
     if kind == "return_var":
-        return Program(name, ps, lines, 7, *_ret_var(split, m, a), kind)
+        return Program(name, ps, lines, 7, *_ret_var(rng, split, m, ps), kind)
     return None
 
 
@@ -156,23 +178,22 @@ def _helper(rng: random.Random, split: str, name: str, ps: tuple[str, str], kind
     k = rng.choice(_CONSTS[split])
     op = rng.choice("+-*")
     c = rng.choice(_CONSTS[split])
-    x, y = (a, b) if split == "train" else (b, a)  # the helper's argument order differs per split
+    x, y = rng.choice([(a, b), (b, a)]) if split == "train" else (b, a)  # both orders in train gold code
     body = [f"{d} = {h}({x}, {y})", f"{r} = {d} {op} {c}", f"return {r}"]
-    spec = [f"{h}(x, y): return x * {k} - y", *body]
-    lines = [f"def {h}(x, y):", f"    return x * {k} - y", "", "", f"def {name}({a}, {b}):",
+    hbody = _HELPER_BODY[split]
+    spec = [f"{h}(x, y): return {hbody.format(k=k)}", *body]
+    lines = [f"def {h}(x, y):", f"    return {hbody.format(k=k)}", "", "", f"def {name}({a}, {b}):",
              _docline(f"Return {h}({x}, {y}) {op} {c}", spec)] + [f"    {x_}" for x_ in body]
     if kind == "swap_args":
         return Program(name, ps, lines, 6, f"    {d} = {h}({y}, {x})", f"    {d} = {h}({x}, {x})", kind)
     if kind == "constant":
-        wrong = k + _OFF_BY[split]
-        return Program(name, ps, lines, 1, f"    return x * {wrong} - y", f"    return x * {wrong + _OFF_BY[split]} - y",
-                       kind)
+        wrong, decoy_k = _off_by(rng, split, k)
+        return Program(name, ps, lines, 1, f"    return {hbody.format(k=wrong)}", f"    return {hbody.format(k=decoy_k)}", kind)
     if kind == "operator":
-        new = _OP_SWAP[split][op]
-        other = next(o for o in "+-*" if o not in (op, new))
+        new, other = _op_swap(rng, split, op)
         return Program(name, ps, lines, 7, f"    {r} = {d} {new} {c}", f"    {r} = {d} {other} {c}", kind)
     if kind == "return_var":
-        return Program(name, ps, lines, 8, *_ret_var(split, d, a), kind)
+        return Program(name, ps, lines, 8, *_ret_var(rng, split, d, ps), kind)
     return None
 
 

@@ -51,8 +51,9 @@ DEFAULT_MIX = {"direct": 0.3, "test_first": 0.2, "run_first": 0.2, "retry": 0.3}
 def script_steps(task, script: str) -> list[dict[str, Any]]:
     """The scripted replies for `task`, in order."""
     m = task.metadata
-    # the edits name the line without its indentation: fewer tokens to copy, still a unique match
-    path, bug, fix, decoy = m["path"], *(m[k].strip() for k in ("buggy_line", "fixed_line", "decoy_line"))
+    # the edits name the whole line, indentation included: its tokens are then the same as in the code
+    # and in the docstring step ("    t" and "; t" both end in the token " t"), so an edit is a copy
+    path, bug, fix, decoy = m["path"], *(m[k] for k in ("buggy_line", "fixed_line", "decoy_line"))
     view = call("view", path=path)
     edit = call("str_replace", path=path, old_str=bug, new_str=fix)
     test, done = call("run_tests"), call("submit")
