@@ -61,12 +61,14 @@ LIMITS = AgentLimits(max_turns=8, max_context_tokens=1400, max_new_tokens=96)
 # ## 1 · Tasks a toy model can learn from
 #
 # `minicoder.rl.toy_tasks` generates tasks in the synthesis stage's format: a module with one small
-# function whose docstring says what it computes, one injected bug (operator swap, off-by-one
-# constant, flipped comparison, swapped arguments, wrong returned variable), visible checks the
-# agent may run (`python test_visible.py`) and hidden tests (in `test_patch`) for the reward. The
-# **held-out** split uses other function names, other constants and other mutation tables (the
-# off-by-one goes down instead of up, `+` becomes `*` instead of `-`, `>` becomes `<=`), so a model
-# that memorised train fixes gains nothing there: it must read code against its docstring.
+# function whose docstring says what it computes and then spells out the correct body step by step
+# ("Steps: s = a + b; t = s * 3; return t"), one injected bug (operator swap, off-by-one constant,
+# flipped comparison, swapped arguments, wrong returned variable), visible checks the agent may run
+# (`python test_visible.py`) and hidden tests (in `test_patch`) for the reward. In train every bug
+# is ambiguous without the docstring (`+` may have become `-` or `*`, a constant moved up or down),
+# and the **held-out** split uses other function names and mutations train never makes (constants
+# off by 2, `>` becoming `<=`, `+` becoming `//`): a model that memorised train fixes gains nothing
+# there; the rule that works on both is "make the line agree with its docstring step".
 
 # %%
 train = generate("train", 64, seed=1)
