@@ -36,7 +36,7 @@ PROFILES = ("quick", "default", "full")
 
 # `minicoder demo --full` reproduces one seed of bench/rl_toy.py: per stage, the settings that replace
 # the default profile's (a stage not listed keeps them): the cached warm start (`minicoder warmstart
-# --tasks toy:train:1500:1 --steps 250 --out runs/warm`; the rl stage says so when it is missing),
+# --out runs/warm`; the rl stage says so when it is missing),
 # 16 GRPO steps x 4 tasks x G=8 at lr 3e-4 on train tasks of seed 2, then 24 held-out tasks, k=8.
 FULL_SETTINGS: dict[str, dict] = {
     "rl": {"warm": "cached", "warm_path": str(ROOT / "runs" / "warm" / "final"), "train_tasks": 2000, "steps": 16,
@@ -388,7 +388,7 @@ def full_profile_problem(stages: list[Stage]) -> str | None:
     warm = FULL_SETTINGS["rl"].get("warm_path")
     if warm and not (Path(warm) / "config.json").is_file():
         return (f"--full starts GRPO from the cached warm start {warm}, which is not there; train it first with "
-                "`minicoder warmstart --tasks toy:train:1500:1 --steps 250 --out runs/warm` (about 15 CPU-minutes), "
+                "`minicoder warmstart --out runs/warm` (about 20 minutes on 2 cores), "
                 "or run `minicoder demo` / `minicoder demo --quick`.")
     return None
 

@@ -72,7 +72,7 @@ def add_warmstart_parser(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("warmstart", help="mid-train a model on scripted toy-family episodes (the RL warm start)",
                        description="Record scripted episodes with the agent loop in real sessions, then mid-train.")
     w.add_argument("--tasks", default="toy:train:3000:1", help="toy-family tasks (toy:SPLIT[:N[:SEED]])")
-    w.add_argument("--steps", type=int, default=500)
+    w.add_argument("--steps", type=int, default=800)
     w.add_argument("--lr", type=float, default=3e-3)
     w.add_argument("--model", default="toy", help="model preset (default toy)")
     w.add_argument("--backend", default="local", choices=("local", "docker"))

@@ -11,8 +11,8 @@
 
 Where the warm start comes from (recorded in the result, and said in the report):
   ``cached``  `runs/warm/final` (or $MINICODER_WARM) when it exists: the checkpoint that
-              `minicoder warmstart --tasks toy:train:1500:1 --steps 250 --out runs/warm` trains
-              (about 15 CPU-minutes; see `rl/warmstart.py`), the one bench/rl_toy.py starts from;
+              `minicoder warmstart --out runs/warm` trains
+              (about 20 minutes on 2 cores; see `rl/warmstart.py`), the one bench/rl_toy.py starts from;
   ``tiny``    otherwise, a 2-layer model warm-started here on scripted episodes in about a minute.
               It has learned the tool format but rarely the fix, so its held-out numbers are low
               and RL at demo size moves them little: the mechanics are the demo's point then.
@@ -75,8 +75,8 @@ def stage(ctx) -> dict:
     if s["warm"] == "cached":
         warm = Path(s["warm_path"])
         if not (warm / "config.json").is_file():
-            raise RuntimeError(f"rl: the cached warm start {warm} is gone; re-create it with `minicoder warmstart "
-                               "--tasks toy:train:1500:1 --steps 250 --out runs/warm`, or run `minicoder demo --quick`")
+            raise RuntimeError(f"rl: the cached warm start {warm} is gone; re-create it with `minicoder warmstart --out runs/warm`, "
+                               "or run `minicoder demo --quick`")
         print(f"rl: warm start: the cached checkpoint {warm}")
         warm_info = {"source": "cached", "path": str(warm)}
     else:
