@@ -16,6 +16,7 @@ from minicoder.agent.evaluate import grade
 from minicoder.agent.loop import AgentLimits, Job, run_rollouts
 from minicoder.agent.tokens import encode_conversation
 from minicoder.agent.tools import ToolConfig
+from minicoder.gitdiff import apply_to_snapshot as apply_patch
 from minicoder.rl.toy_tasks import generate
 from minicoder.rl.warmstart import (
     DEFAULT_MIX,
@@ -130,6 +131,21 @@ def test_tiny_warm_start_end_to_end_resume_and_export(tmp_path, opener):
     mtime = (tmp_path / "episodes.jsonl").stat().st_mtime_ns
     res2 = warm_start(ts, tmp_path, resume=True, **kw)
     assert res2["steps"] == 2 and (tmp_path / "episodes.jsonl").stat().st_mtime_ns == mtime
+
+
+def test_code_documents_are_gold_code_that_copies_its_docstring():
+    from minicoder.rl.warmstart import code_documents
+
+    eps = [{"messages": [{"role": "user", "content": "fix it"}]}]
+    tok = family_tokenizer(eps, vocab_size=400, stdlib_files=5)
+    docs = code_documents(4, tok, seed=3)
+    golds = [apply_patch(dict(t.environment.files), t.patch)["solution.py"] for t in generate("train", 4, seed=3)]
+    assert len(docs) == 4
+    for d, gold in zip(docs, golds):
+        assert d[-1] == tok.eos_id and tok.decode(d[:-1]) == gold
+        steps = gold.split("Steps: ")[1].split('"""')[0].split("; ")
+        code = [line.strip() for line in gold.splitlines()]
+        assert steps[-1] in code and steps[-2] in code  # the body's last two lines are docstring steps
 
 
 def test_family_tokenizer_keeps_the_template_tokens_whole():

@@ -79,6 +79,8 @@ def add_warmstart_parser(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--loss-on", default="episode", choices=("episode", "assistant"),
                    help="train on every token after the system turn (default) or on the scripted turns only")
+    w.add_argument("--code-docs", type=int, default=0,
+                   help="also train on the correct code of this many other train tasks (copy practice)")
     w.add_argument("--out", type=Path, default=Path("runs/warm"))
     w.add_argument("--resume", action="store_true")
     from minicoder.config import add_set_argument
@@ -166,7 +168,7 @@ def run_warmstart(args: argparse.Namespace) -> int:
         raise _user_error("--tasks must be toy:SPLIT[:N[:SEED]]: scripted episodes exist for the toy family only")
     tasks = load_tasks(args.tasks)
     res = warm_start(tasks, args.out, steps=args.steps, lr=args.lr, model_preset=args.model, backend=args.backend,
-                     seed=args.seed, resume=args.resume, loss_on=args.loss_on,
+                     seed=args.seed, resume=args.resume, loss_on=args.loss_on, code_docs=args.code_docs,
                      **parse_overrides(getattr(args, "overrides", None)))
     print(json.dumps(res))
     return 0

@@ -179,13 +179,28 @@ def loss_mask(ids: list[int], assistant_mask: list[int], tokenizer, loss_on: str
     return [0] * first_user + [1] * (len(ids) - first_user)
 
 
+def code_documents(n: int, tokenizer, seed: int = 10_000) -> list[list[int]]:
+    """The correct `solution.py` of `n` train-split tasks, encoded, each ending in EOS: code whose body
+    copies its docstring's steps (copy practice for `warm_start(code_docs=...)`)."""
+    from minicoder.gitdiff import apply_to_snapshot
+    from minicoder.rl.toy_tasks import generate
+
+    out = []
+    for t in generate("train", n, seed=seed):
+        src = apply_to_snapshot(dict(t.environment.files), t.patch)[t.metadata["path"]]
+        out.append(tokenizer.encode(src) + [tokenizer.eos_id])
+    return out
+
+
 def warm_start(tasks, out, steps: int = 800, lr: float = 3e-3, model_preset: str = "toy", backend: str = "local",
                seed: int = 0, resume: bool = False, open_env=None, rows: int = 8, seq_len: int = 1024,
-               vocab_size: int = 2048, loss_on: str = "episode", progress: bool = True,
+               vocab_size: int = 2048, loss_on: str = "episode", code_docs: int = 0, progress: bool = True,
                **model_overrides: Any) -> dict[str, Any]:
     """Episodes -> tokenizer -> mid-training -> ``out/final`` (a model folder). Resumable at each stage.
 
-    `loss_on`: see `loss_mask`."""
+    `loss_on`: see `loss_mask`. `code_docs`: add the correct `solution.py` of that many other train-split
+    tasks (seed 10_000 + seed) as documents with loss on every token: code whose body copies its
+    docstring's steps, more of the copying an edit needs than the episodes alone hold."""
     from pathlib import Path
 
     from minicoder.agent.tokens import encode_conversation
@@ -217,6 +232,10 @@ def warm_start(tasks, out, steps: int = 800, lr: float = 3e-3, model_preset: str
         m = loss_mask(i, m, tok, loss_on)
         ids.append(i[:-1])  # a rollout ends at the last <|im_end|>; the template's newline is not part of it
         masks.append(m[:-1])
+    if code_docs:
+        extra = code_documents(code_docs, tok, seed=10_000 + seed)
+        ids += extra
+        masks += [[1] * len(i) for i in extra]
     ds = PackedDataset.from_token_lists(ids, seq_len, trainable=masks, pad_id=tok.pad_id)
     layers = WARM_LAYERS if model_preset == "toy" and not {"layer_types", "num_hidden_layers"} & set(model_overrides) else {}
     overrides = {"kernel": "torch", "num_nextn_predict_layers": 0, **layers, **model_overrides}
@@ -231,7 +250,7 @@ def warm_start(tasks, out, steps: int = 800, lr: float = 3e-3, model_preset: str
     tr.close()
     final = export_final(model, tok, out / "final")
     return {"final": str(final), "episodes": len(episodes), "tokens": int(sum(map(len, ids))),
-            "loss_tokens": int(sum(map(sum, masks))), "loss_on": loss_on, "steps": tr.step,
+            "loss_tokens": int(sum(map(sum, masks))), "loss_on": loss_on, "code_docs": code_docs, "steps": tr.step,
             "loss": recs[-1]["loss"] if recs else None, "parameters": model.num_parameters()}
 
 
