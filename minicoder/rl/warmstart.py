@@ -33,7 +33,13 @@ scripted turns only (~12%). 1.25-1.5 s per step on a 2-core machine: ~17-20 minu
 recording the episodes in sessions. Measured (16 held-out tasks, greedy + 4 samples each, the RL
 benchmark's limits): pass@1 31% greedy and 19% sampled, pass@4 38%, in the learnable range; what it
 solves are the argument swaps and wrong returned variables, while the held-out operator, constant
-and comparison bugs (the ones that need the docstring copied) stay near 0. Every 50-step checkpoint
+and comparison bugs (the ones that need the docstring copied) stay near 0. Why the copy fixes stay rare: the model
+does not copy from its context yet (its loss on the constants of the viewed code is that of a guess
+among four, 1.40 nats, as on the docstring above it), although the same model learns a dense copy
+task in ~150 steps: the episodes hold too little copying to teach it. `code_docs=20000` (the gold
+code of other train tasks as extra documents) does teach it (1.40 -> 0.53 nats on those constants)
+but, at the same 800 steps, costs agent skill: held-out pass@1 19% greedy, 6% sampled, pass@4 25%,
+a third of the rollouts ending at the turn limit; so it is off by default. Every 50-step checkpoint
 is kept: `export_checkpoint` turns one into a model folder, a weaker warm start when the final one
 leaves RL too little to learn.
 """
