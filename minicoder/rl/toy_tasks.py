@@ -20,11 +20,11 @@ the visible tests show which behaviour is wrong.
 Splits ("train" / "heldout") differ in the functions and in the mutation parameters, not only in the
 seed: disjoint pools of function names, and held-out mutations that train never makes (constants off
 by 2 instead of 1, comparisons flipped to the non-strict opposite, operators replaced by `//` or `%`,
-the second argument returned, a different helper called in one argument order). In train every bug is ambiguous without the docstring (an
-operator becomes either other operator, a constant moves either way, both comparison directions and
-both argument orders occur in correct code), so a model cannot fit the train split by memorising
-"a `-` here was a `+`": the one rule that fits is "make the line agree with its docstring step",
-which is also what solves heldout.
+the second argument returned, a different helper called in one argument order). In train every bug
+is ambiguous without the docstring (an operator becomes either other operator, a constant moves
+either way, both comparison directions and both argument orders occur in correct code), so a model
+cannot fit the train split by memorising "a `-` here was a `+`": the one rule that fits is "make
+the line agree with its docstring step", which is also what solves heldout.
 
 Why shared names: the first version also drew the parameter, local and helper names and the
 constants from disjoint per-split pools. A from-scratch model of a few million parameters, trained

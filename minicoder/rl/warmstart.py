@@ -30,17 +30,17 @@ with the 2048-token family BPE, MTP off, from scratch; 800 steps of 8 packed row
 (about 6.5M tokens, 2.6 epochs), lr 3e-3 with warm-up and cosine decay; the loss on every token
 after the constant system turn (`loss_on="episode"`, about half of all tokens) rather than on the
 scripted turns only (~12%). 1.25-1.5 s per step on a 2-core machine: ~17-20 minutes, plus ~2 for
-recording the episodes in sessions. Measured (16 held-out tasks, greedy + 4 samples each, the RL
-benchmark's limits): pass@1 31% greedy and 19% sampled, pass@4 38%, in the learnable range; what it
-solves are the argument swaps and wrong returned variables, while the held-out operator, constant
-and comparison bugs (the ones that need the docstring copied) stay near 0. Why the copy fixes stay rare: the model
-does not copy from its context yet (its loss on the constants of the viewed code is that of a guess
-among four, 1.40 nats, as on the docstring above it), although the same model learns a dense copy
-task in ~150 steps: the episodes hold too little copying to teach it. `code_docs=20000` (the gold
-code of other train tasks as extra documents) does teach it (1.40 -> 0.53 nats on those constants)
-but, at the same 800 steps, costs agent skill: held-out pass@1 19% greedy, 6% sampled, pass@4 25%,
-a third of the rollouts ending at the turn limit; so it is off by default. Every 50-step checkpoint
-is kept: `export_checkpoint` turns one into a model folder, a weaker warm start when the final one
+recording the episodes in sessions. Measured (held-out tasks, the RL benchmark's limits): on 16
+tasks with greedy + 4 samples each, pass@1 31% greedy and 19% sampled, pass@4 38%; on the
+benchmark's 24 with 8 samples, 21% greedy, 12% sampled, pass@8 21%. It solves the argument swaps
+and wrong returned variables; the held-out operator, constant and comparison bugs (the ones that
+need the docstring copied) stay near 0, because the model does not copy from its context yet: its
+loss on the constants of the viewed code is that of a guess among four (1.40 nats), as on the
+docstring above them, although the same model learns a dense copy task in ~150 steps. The episodes
+hold too little copying to teach it. `code_docs=20000` (the gold code of other train tasks as extra
+documents) does teach it (1.40 -> 0.53 nats on those constants) but, at the same 800 steps, costs
+agent skill: held-out pass@1 19% greedy, 6% sampled, pass@4 25% (16 tasks), a third of the rollouts
+ending at the turn limit; so it is off by default. Every 50-step checkpoint is kept: `export_checkpoint` turns one into a model folder, a weaker warm start when the final one
 leaves RL too little to learn.
 """
 
