@@ -19,7 +19,7 @@ same first steps of seed 0, and each step's time split into generation, tool cal
 (grading, summed over rollouts: it runs in parallel) and the update; thread counts and the machine's
 load average are written with the results, since the machine is shared.
 
-Run (about 30 minutes on an idle 2-core machine; nice -n 5 is applied):
+Run (about 35 minutes on an idle 2-core machine at the default 32 steps; nice -n 5 is applied):
     .venv/bin/python bench/rl_toy.py                       # needs runs/warm/final (minicoder warmstart)
     .venv/bin/python bench/rl_toy.py --quick               # a smoke run: 1 seed, 2 steps, 4 tasks
 Writes bench/results/rl_toy.json (learning curves per seed included). Work files go to
@@ -116,11 +116,11 @@ def spread(xs: list[float]) -> dict:
             "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "values": xs}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--init", type=Path, default=ROOT / "runs" / "warm" / "final", help="warm-started model folder")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--steps", type=int, default=32)
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--tasks-per-step", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -131,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_rl_toy")
     p.add_argument("--out", type=Path, default=RESULTS / "rl_toy.json")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 2 steps, 4 held-out tasks, k=2")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.heldout, args.k, args.compare_steps = "0", 2, 4, 2, 2
         args.tasks_per_step, args.group = 2, 4
@@ -145,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     train_tasks = generate("train", 2000, seed=2)  # the warm start used seed 1: other train tasks
     held = generate("heldout", args.heldout, seed=0)
+    recipe = args.init / "warmstart.json"  # written by `minicoder warmstart` (older folders lack it)
     res: dict = {"machine": machine_info(("torch",)), "init": str(args.init),
+                 "init_recipe": json.loads(recipe.read_text()) if recipe.is_file() else None,
                  "config": {"seeds": seeds, "steps": args.steps, "group": args.group,
                             "tasks_per_step": args.tasks_per_step, "lr": args.lr, "heldout_tasks": len(held),
                             "k": args.k, "limits": PRESETS["toy"]["limits"],

@@ -34,7 +34,7 @@
 # 6. samples before and after;
 # 7. reward hacking: what a naive grader pays for, and what ours pays.
 #
-# The measured held-out gain lives in `bench/rl_toy.py` (30 minutes of CPU, 3 seeds), not here.
+# The measured held-out gain lives in `bench/rl_toy.py` (about 35 minutes of CPU, 3 seeds), not here.
 
 # %%
 import minicoder.viz.notebook  # noqa: F401  (figures that also render in static HTML: make site)
@@ -117,9 +117,12 @@ print("\nthe diff that was graded:\n" + traj.diff)
 # RL only sharpens what a model can already do sometimes: a group of attempts that all fail (or all
 # pass) carries no signal. So the model is first **mid-trained** on scripted episodes like the one
 # above (`minicoder warmstart`, the existing train stage with its token-weighted loss on every token
-# after the system turn), until its sampled pass@1 on held-out tasks is near the learnable range
-# (roughly 15-40%; measured: 19% sampled and 31% greedy on 16 held-out tasks, 12% and 21% on the
-# benchmark's 24). That checkpoint is cached in `runs/warm/final`. Without it, we train a much
+# after the system turn), plus the correct code of other train tasks as copy practice (fixing a toy
+# bug is copying one docstring step into the code). Measured on the benchmark's 24 held-out tasks:
+# 21% greedy pass@1 and pass@8, but only 4% of the samples pass; below the 15-40% sampled pass@1 that
+# RL.md calls learnable, yet with pass@8 far above it, which is what GRPO sharpens (the episodes-only
+# recipe, `--code-docs 0`, starts at 12% sampled and gains less). That checkpoint is cached in
+# `runs/warm/final`. Without it, we train a much
 # smaller one here (2 layers, hidden 64, no experts) in about a minute: it has learned the tool
 # format at best, rarely the fix, so its rollouts below are weak; the mechanics are the same.
 

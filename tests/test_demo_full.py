@@ -50,3 +50,18 @@ def test_full_profile_problem_names_what_is_missing(monkeypatch):
     monkeypatch.setattr(demo_stages, "FULL_SETTINGS", {"rl": {"steps": 1}, "eval": {"tasks": 1}})
     assert full_profile_problem(present) is None
     assert "needs the demo's rl and eval stage" in full_profile_problem(list(STAGES)[:3])
+
+
+def test_full_settings_are_the_benchmarks_defaults():
+    # `demo --full` must stay one seed of bench/rl_toy.py: the same warm start, steps, batch and lr
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "rl_toy.py"
+    spec = importlib.util.spec_from_file_location("bench_rl_toy", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    d = bench.build_parser().parse_args([])
+    rl, ev = demo_stages.FULL_SETTINGS["rl"], demo_stages.FULL_SETTINGS["eval"]
+    assert (rl["steps"], rl["tasks_per_step"], rl["group"], rl["lr"]) == (d.steps, d.tasks_per_step, d.group, d.lr)
+    assert Path(rl["warm_path"]) == d.init and (ev["tasks"], ev["k"]) == (d.heldout, d.k)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,6 +125,8 @@ def test_tiny_warm_start_end_to_end_resume_and_export(tmp_path, opener):
     assert [e["task_id"] for e in eps] == [t.instance_id for t in ts]
     model, tok = load_model_folder(res["final"])
     assert tok.vocab_size == model.config.vocab_size
+    recipe = json.loads((Path(res["final"]) / "warmstart.json").read_text())
+    assert recipe["steps"] == 2 and recipe["code_docs"] == res["code_docs"] and recipe["episodes"] == 6
     exported, _ = load_model_folder(export_checkpoint(tmp_path, 2))
     for (k, a), (_, b) in zip(model.state_dict().items(), exported.state_dict().items()):
         assert torch.equal(a, b), k

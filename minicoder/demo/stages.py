@@ -37,9 +37,9 @@ PROFILES = ("quick", "default", "full")
 # `minicoder demo --full` reproduces one seed of bench/rl_toy.py: per stage, the settings that replace
 # the default profile's (a stage not listed keeps them): the cached warm start (`minicoder warmstart
 # --out runs/warm`; the rl stage says so when it is missing),
-# 16 GRPO steps x 4 tasks x G=8 at lr 3e-4 on train tasks of seed 2, then 24 held-out tasks, k=8.
+# 32 GRPO steps x 4 tasks x G=8 at lr 3e-4 on train tasks of seed 2, then 24 held-out tasks, k=8.
 FULL_SETTINGS: dict[str, dict] = {
-    "rl": {"warm": "cached", "warm_path": str(ROOT / "runs" / "warm" / "final"), "train_tasks": 2000, "steps": 16,
+    "rl": {"warm": "cached", "warm_path": str(ROOT / "runs" / "warm" / "final"), "train_tasks": 2000, "steps": 32,
            "tasks_per_step": 4, "group": 8, "lr": 3e-4, "seed": 0},
     "eval": {"tasks": 24, "k": 8, "seed": 0},
 }

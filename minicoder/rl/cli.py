@@ -79,8 +79,9 @@ def add_warmstart_parser(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--loss-on", default="episode", choices=("episode", "assistant"),
                    help="train on every token after the system turn (default) or on the scripted turns only")
-    w.add_argument("--code-docs", type=int, default=0,
-                   help="also train on the correct code of this many other train tasks (copy practice)")
+    w.add_argument("--code-docs", type=int, default=20000,
+                   help="also train on the correct code of this many other train tasks (copy practice; "
+                        "default 20000, 0 for episodes only)")
     w.add_argument("--out", type=Path, default=Path("runs/warm"))
     w.add_argument("--resume", action="store_true")
     from minicoder.config import add_set_argument
