@@ -1,10 +1,10 @@
 """Benchmark: GRPO on a CPU raises the warm-started toy model's held-out pass@1 (the RL issue's key number).
 
-From the warm-started checkpoint (`minicoder warmstart`, see minicoder/rl/warmstart.py), for each of
-3 seeds: GRPO (`minicoder.rl.pipeline.RLRun`, pipelined: rollouts one policy version stale) on the
-toy family's *train* split, then the agent evaluated on the *held-out* split (other functions,
-other constants, other mutation tables) with the real agent loop in sandbox sessions and the hidden
-tests as the grader. Reported, before and after:
+From the warm-started checkpoint (the shipped checkpoints/toy-warm, trained by `minicoder
+warmstart`; see minicoder/rl/warmstart.py), for each of 3 seeds: GRPO (`minicoder.rl.pipeline.RLRun`,
+pipelined: rollouts one policy version stale) on the toy family's *train* split, then the agent
+evaluated on the *held-out* split (other functions, other constants, other mutation tables) with the
+real agent loop in sandbox sessions and the hidden tests as the grader. Reported, before and after:
 
   pass@1 greedy     one temperature-0 rollout per task
   pass@1 sampled    the mean reward of k samples at T = 1
@@ -20,7 +20,8 @@ same first steps of seed 0, and each step's time split into generation, tool cal
 load average are written with the results, since the machine is shared.
 
 Run (about 35 minutes on an idle 2-core machine at the default 32 steps; nice -n 5 is applied):
-    .venv/bin/python bench/rl_toy.py                       # needs runs/warm/final (minicoder warmstart)
+    .venv/bin/python bench/rl_toy.py                       # from the shipped checkpoints/toy-warm
+    .venv/bin/python bench/rl_toy.py --init runs/warm/final  # from one `minicoder warmstart --out runs/warm` trained
     .venv/bin/python bench/rl_toy.py --quick               # a smoke run: 1 seed, 2 steps, 4 tasks
 Writes bench/results/rl_toy.json (learning curves per seed included). Work files go to
 runs/bench_rl_toy/ (one folder per run; a re-run resumes finished parts: evaluations skip graded
@@ -118,7 +119,8 @@ def spread(xs: list[float]) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--init", type=Path, default=ROOT / "runs" / "warm" / "final", help="warm-started model folder")
+    p.add_argument("--init", type=Path, default=ROOT / "checkpoints" / "toy-warm",
+                   help="warm-started model folder (default: the shipped one; runs/warm/final is a regenerated one)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--group", type=int, default=8)
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         args.work = args.work.with_name(args.work.name + "_quick")
         args.out = args.out.with_name(args.out.stem + "_quick.json")
     if not (args.init / "config.json").is_file():
-        raise SystemExit(f"{args.init}: no warm-started model; run `minicoder warmstart --out runs/warm` first")
+        raise SystemExit(f"{args.init}: no warm-started model; train one with `minicoder warmstart --out runs/warm` "
+                         "and pass --init runs/warm/final")
     os.nice(5)
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -27,8 +27,9 @@
 #
 # 1. the toy task family the toy model can learn from (train and held-out splits);
 # 2. one rollout shown turn by turn: a scripted agent that fails once, reads the test output, retries;
-# 3. the warm-started model (the cached `runs/warm/final` when it is there, else a tiny one trained
-#    here in about a minute) acting on its own, with the exact token ids and loss mask it produced;
+# 3. the warm-started model (the checkpoint the repository ships, or your own `runs/warm/final`;
+#    without either, a tiny one trained here in about a minute) acting on its own, with the exact
+#    token ids and loss mask it produced;
 # 4. the GRPO loss re-derived in a few lines and checked against `minicoder.rl.grpo`;
 # 5. a short GRPO run through the real pipeline with a live reward curve;
 # 6. samples before and after;
@@ -121,17 +122,20 @@ print("\nthe diff that was graded:\n" + traj.diff)
 # bug is copying one docstring step into the code). Measured on the benchmark's 24 held-out tasks:
 # 21% greedy pass@1 and pass@8, but only 4% of the samples pass; below the 15-40% sampled pass@1 that
 # RL.md calls learnable, yet with pass@8 far above it, which is what GRPO sharpens (the episodes-only
-# recipe, `--code-docs 0`, starts at 12% sampled and gains less). That checkpoint is cached in
-# `runs/warm/final`. Without it, we train a much
+# recipe, `--code-docs 0`, starts at 12% sampled and gains less). The repository ships that
+# checkpoint (`checkpoints/toy-warm`); `minicoder warmstart --out runs/warm` trains it again in about
+# 20 minutes, and `warmstart.find_warm_start()` prefers your `runs/warm/final` (or
+# `$MINICODER_WARM`) when there is one. Without any, we train a much
 # smaller one here (2 layers, hidden 64, no experts) in about a minute: it has learned the tool
 # format at best, rarely the fix, so its rollouts below are weak; the mechanics are the same.
 
 # %%
 from minicoder.agent.policies import LocalPolicy, load_model_folder
 
-WARM = Path(os.environ.get("MINICODER_WARM", "../runs/warm/final"))  # the cached warm start
-if (WARM / "config.json").is_file():
-    print(f"using the cached warm start {WARM}")
+found = warmstart.find_warm_start()  # ($MINICODER_WARM, runs/warm/final, checkpoints/toy-warm)
+if found:
+    source, WARM = found
+    print(f"using the {source} warm start {WARM}")
 else:
     tmp = Path(tempfile.mkdtemp(prefix="warm_"))
     t0 = time.perf_counter()
@@ -288,8 +292,8 @@ for r in recs:
 # ## 6 · Samples before and after
 #
 # The same held-out task, greedy, with the weights we started from and with the weights after the
-# short run. A few steps on a handful of tasks rarely change a greedy answer; the benchmark's 3 x 16
-# steps do (see the end of this notebook for its numbers).
+# short run. A few steps on a handful of tasks rarely change a greedy answer; the benchmark's 3 x 32
+# steps sharpen the samples (see the end of this notebook for its numbers).
 
 # %%
 h = held[0]

@@ -159,3 +159,39 @@ def test_family_tokenizer_keeps_the_template_tokens_whole():
     tok = family_tokenizer(eps, vocab_size=400, stdlib_files=5)
     for t in TEMPLATE_TOKENS:
         assert len(tok.encode(t, allow_special=True)) == 1, t
+
+
+def test_find_warm_start_prefers_env_then_regenerated_then_shipped(tmp_path, monkeypatch):
+    from minicoder.rl import warmstart as ws
+
+    def folder(name):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        return tmp_path / name
+
+    monkeypatch.delenv("MINICODER_WARM", raising=False)
+    monkeypatch.setattr(ws, "REGENERATED_WARM", tmp_path / "regen")
+    monkeypatch.setattr(ws, "SHIPPED_WARM", tmp_path / "shipped")
+    assert ws.find_warm_start() is None
+    (tmp_path / "shipped").mkdir()
+    assert ws.find_warm_start() is None  # an empty folder is not a model
+    (tmp_path / "shipped").rmdir()
+    shipped = folder("shipped")
+    assert ws.find_warm_start() == ("shipped", shipped)
+    regen = folder("regen")
+    assert ws.find_warm_start() == ("cached", regen)
+    monkeypatch.setenv("MINICODER_WARM", str(folder("mine")))
+    assert ws.find_warm_start() == ("env", tmp_path / "mine")
+    monkeypatch.setenv("MINICODER_WARM", str(tmp_path / "typo"))
+    with pytest.raises(FileNotFoundError, match="MINICODER_WARM"):
+        ws.find_warm_start()
+
+
+def test_the_shipped_warm_start_is_a_model_folder_with_its_recipe():
+    from minicoder.agent.policies import load_model_folder
+    from minicoder.rl.warmstart import SHIPPED_WARM
+
+    model, tok = load_model_folder(SHIPPED_WARM)
+    recipe = json.loads((SHIPPED_WARM / "warmstart.json").read_text())
+    assert recipe["code_docs"] == 20000 and recipe["steps"] == 800 and recipe["episodes"] == 3000
+    assert model.num_parameters() == recipe["parameters"] and tok.vocab_size == model.config.vocab_size

@@ -152,7 +152,10 @@ def metrics_rows(results: dict[str, StageRecord]) -> list[tuple[str, str, Any]]:
         add("rewards", "seconds per evaluation", r["rewards"]["seconds_per_evaluation"])
     if "rl" in r:
         ws = r["rl"].get("warm_start") or {}
-        add("rl", "warm start", {"cached": "cached runs/warm/final (minicoder warmstart)",
+        add("rl", "warm start", {"cached": "runs/warm/final (trained here by `minicoder warmstart --out runs/warm`)",
+                                 "shipped": "checkpoints/toy-warm (shipped; regenerate: `minicoder warmstart "
+                                            "--out runs/warm`)",
+                                 "env": f"$MINICODER_WARM ({ws.get('path')})",
                                  "tiny": "a tiny model warm-started in this run"}.get(ws.get("source"), ws.get("source")))
         add("rl", "GRPO steps", r["rl"].get("steps"))
         curve = (r["rl"].get("reward_curve") or {}).get("reward") or []

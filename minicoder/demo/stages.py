@@ -35,11 +35,11 @@ SEED_TASKS = ROOT / "data" / "tasks" / "seed_tasks.jsonl"
 PROFILES = ("quick", "default", "full")
 
 # `minicoder demo --full` reproduces one seed of bench/rl_toy.py: per stage, the settings that replace
-# the default profile's (a stage not listed keeps them): the cached warm start (`minicoder warmstart
-# --out runs/warm`; the rl stage says so when it is missing),
-# 32 GRPO steps x 4 tasks x G=8 at lr 3e-4 on train tasks of seed 2, then 24 held-out tasks, k=8.
+# the default profile's (a stage not listed keeps them): the shipped warm start (checkpoints/toy-warm,
+# the one the benchmark measures from), 32 GRPO steps x 4 tasks x G=8 at lr 3e-4 on train tasks of
+# seed 2, then 24 held-out tasks, k=8.
 FULL_SETTINGS: dict[str, dict] = {
-    "rl": {"warm": "cached", "warm_path": str(ROOT / "runs" / "warm" / "final"), "train_tasks": 2000, "steps": 32,
+    "rl": {"warm": "shipped", "warm_path": str(ROOT / "checkpoints" / "toy-warm"), "train_tasks": 2000, "steps": 32,
            "tasks_per_step": 4, "group": 8, "lr": 3e-4, "seed": 0},
     "eval": {"tasks": 24, "k": 8, "seed": 0},
 }
@@ -387,9 +387,9 @@ def full_profile_problem(stages: list[Stage]) -> str | None:
                 "(they must be bench/rl_toy.py's); run `minicoder demo` or `minicoder demo --quick`.")
     warm = FULL_SETTINGS["rl"].get("warm_path")
     if warm and not (Path(warm) / "config.json").is_file():
-        return (f"--full starts GRPO from the cached warm start {warm}, which is not there; train it first with "
-                "`minicoder warmstart --out runs/warm` (about 20 minutes on 2 cores), "
-                "or run `minicoder demo` / `minicoder demo --quick`.")
+        return (f"--full starts GRPO from the shipped warm start {warm}, which is not there; restore it "
+                "(`git checkout -- checkpoints/toy-warm`), or train one with `minicoder warmstart --out runs/warm` "
+                "(about 20 minutes on 2 cores) and copy runs/warm/final there.")
     return None
 
 

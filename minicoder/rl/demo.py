@@ -9,13 +9,16 @@
   eval   the warm start and the RL policy on the *held-out* split (other functions, constants and
          mutation tables), greedy and sampled, graded the same way.
 
-Where the warm start comes from (recorded in the result, and said in the report):
-  ``cached``  `runs/warm/final` (or $MINICODER_WARM) when it exists: the checkpoint that
-              `minicoder warmstart --out runs/warm` trains
-              (about 20 minutes on 2 cores; see `rl/warmstart.py`), the one bench/rl_toy.py starts from;
-  ``tiny``    otherwise, a 2-layer model warm-started here on scripted episodes in about a minute.
-              It has learned the tool format but rarely the fix, so its held-out numbers are low
-              and RL at demo size moves them little: the mechanics are the demo's point then.
+Where the warm start comes from (`warmstart.find_warm_start`; recorded in the result and said in
+the report):
+  ``env``      $MINICODER_WARM, a model folder;
+  ``cached``   `runs/warm/final`, what `minicoder warmstart --out runs/warm` trains (about 20
+               minutes on 2 cores; see `rl/warmstart.py`);
+  ``shipped``  `checkpoints/toy-warm`, the same recipe's checkpoint that the repository ships and
+               bench/rl_toy.py measures from, so a fresh clone's demo shows a real gain;
+  ``tiny``     with `--quick` (or none of the above), a 2-layer model warm-started here on scripted
+               episodes in about a minute. It has learned the tool format but rarely the fix, so
+               its held-out numbers are low: the mechanics are the demo's point then.
 
 The toy family has its own small tokenizer (trained on its episodes), so these stages do not read
 the demo's pretrained model: a model pretrained for minutes on the stdlib cannot solve a task, and
@@ -25,26 +28,25 @@ warm-starting it would cost the time the rest of the demo takes.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-CACHED_WARM = Path(os.environ.get("MINICODER_WARM", ROOT / "runs" / "warm" / "final"))
-
 
 
 def settings(quick: bool, backend: str) -> dict:
     """The rl stage's settings for a profile (the eval stage's are in `eval_settings`)."""
-    warm = "cached" if (not quick and (CACHED_WARM / "config.json").is_file()) else "tiny"
-    return {"warm": warm, "warm_path": str(CACHED_WARM) if warm == "cached" else None,
+    from minicoder.rl.warmstart import find_warm_start
+
+    found = None if quick else find_warm_start()
+    warm, path = found if found else ("tiny", None)
+    return {"warm": warm, "warm_path": str(path) if path else None,
             "tiny_tasks": 32 if quick else 64, "tiny_steps": 40 if quick else 120,
-            "train_tasks": 16 if quick else 200, "steps": 1 if quick else 8, "tasks_per_step": 2 if quick else 4,
-            "group": 4, "lr": 3e-4, "seed": 0, "backend": backend}
+            "train_tasks": 16 if quick else 200, "steps": 1 if quick else 16, "tasks_per_step": 2 if quick else 4,
+            "group": 4 if quick else 8, "lr": 3e-4, "seed": 0, "backend": backend}
 
 
 def eval_settings(quick: bool, backend: str) -> dict:
-    return {"tasks": 3 if quick else 16, "k": 2 if quick else 4, "seed": 0, "backend": backend}
+    # the default profile evaluates on bench/rl_toy.py's 24 held-out tasks with 8 samples each
+    return {"tasks": 3 if quick else 24, "k": 2 if quick else 8, "seed": 0, "backend": backend}
 
 
 def _limits_tools():
@@ -72,13 +74,13 @@ def stage(ctx) -> dict:
     torch.set_num_threads(1)
     open_env = session_opener(s["backend"])
     t0 = time.perf_counter()
-    if s["warm"] == "cached":
+    if s["warm"] != "tiny":
         warm = Path(s["warm_path"])
         if not (warm / "config.json").is_file():
-            raise RuntimeError(f"rl: the cached warm start {warm} is gone; re-create it with `minicoder warmstart --out runs/warm`, "
-                               "or run `minicoder demo --quick`")
-        print(f"rl: warm start: the cached checkpoint {warm}")
-        warm_info = {"source": "cached", "path": str(warm)}
+            raise RuntimeError(f"rl: the {s['warm']} warm start {warm} is gone; re-create it with "
+                               "`minicoder warmstart --out runs/warm`, or run `minicoder demo --quick`")
+        print(f"rl: warm start: the {s['warm']} checkpoint {warm}")
+        warm_info = {"source": s["warm"], "path": str(warm)}
     else:
         tasks = generate("train", s["tiny_tasks"], seed=1)
         info = warmstart.warm_start(tasks, ctx.dir / "warm", steps=s["tiny_steps"], rows=2, lr=3e-3, progress=True,

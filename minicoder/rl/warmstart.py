@@ -52,7 +52,9 @@ not broadening). Every 50-step checkpoint is kept: `export_checkpoint` turns one
 from __future__ import annotations
 
 import json
+import os
 import random
+from pathlib import Path
 from typing import Any
 
 from minicoder.agent.policies import ScriptedPolicy, call
@@ -65,6 +67,30 @@ TINY_MODEL = dict(hidden_size=64, num_hidden_layers=2, layer_types=["linear_atte
                   linear_num_key_heads=1, linear_num_value_heads=2, linear_key_head_dim=16, linear_value_head_dim=16)
 # the warm start's layer layout for the toy preset (see the module docstring); `--set layer_types=...` wins
 WARM_LAYERS = {"layer_types": ["linear_attention", "full_attention", "linear_attention", "full_attention"]}
+
+ROOT = Path(__file__).resolve().parents[2]
+# the warm start this repository ships (trained by `minicoder warmstart --out runs/warm` and copied here;
+# bench/rl_toy.py's headline numbers are measured from it) and where that command writes a new one
+SHIPPED_WARM = ROOT / "checkpoints" / "toy-warm"
+REGENERATED_WARM = ROOT / "runs" / "warm" / "final"
+
+
+def find_warm_start() -> tuple[str, Path] | None:
+    """The toy warm start to use, as (source, model folder), or None when there is none.
+
+    In order: ``$MINICODER_WARM`` ("env", an error when set but not a model folder); the one
+    `minicoder warmstart --out runs/warm` wrote ("cached"); the checkpoint the repository ships
+    ("shipped")."""
+    env = os.environ.get("MINICODER_WARM")
+    if env:
+        if not (Path(env) / "config.json").is_file():
+            raise FileNotFoundError(f"MINICODER_WARM={env} is not a model folder (no config.json); "
+                                    "unset it or point it at `minicoder warmstart`'s out/final")
+        return "env", Path(env)
+    for source, path in (("cached", REGENERATED_WARM), ("shipped", SHIPPED_WARM)):
+        if (path / "config.json").is_file():
+            return source, path
+    return None
 DEFAULT_MIX = {"direct": 0.3, "test_first": 0.2, "run_first": 0.2, "retry": 0.3}
 
 
@@ -111,9 +137,6 @@ def record_episodes(tasks, open_env, path, seed: int = 0, tool_cfg=None, workers
                     batch: int = 32, progress: bool = True) -> list[dict[str, Any]]:
     """Play the scripted episode of every task in a real session; append each to `path` (JSONL of
     {"task_id", "script", "messages", "end_reason"}) as it finishes; tasks already there are skipped."""
-    import json
-    from pathlib import Path
-
     from minicoder.agent.loop import Job, run_rollouts
     from minicoder.agent.tools import ToolConfig
 
@@ -213,8 +236,6 @@ def warm_start(tasks, out, steps: int = 800, lr: float = 3e-3, model_preset: str
     `loss_on`: see `loss_mask`. `code_docs`: add the correct `solution.py` of that many other train-split
     tasks (seed 10_000 + seed) as documents with loss on every token: code whose body copies its
     docstring's steps, more of the copying an edit needs than the episodes alone hold."""
-    from pathlib import Path
-
     from minicoder.agent.tokens import encode_conversation
     from minicoder.agent.tools import ToolConfig
     from minicoder.data.tokenizer import CodeTokenizer
@@ -275,8 +296,6 @@ def export_checkpoint(run_dir, step: int, folder=None):
 
     A warm start must leave RL something to learn (sampled pass@1 of ~15-40%, pass@k well above):
     an earlier checkpoint of the same run is a weaker starting point when the final one is too strong."""
-    from pathlib import Path
-
     from minicoder.config import ModelConfig
     from minicoder.data.tokenizer import CodeTokenizer
     from minicoder.model import HybridLM
