@@ -120,9 +120,14 @@ def _reason(report) -> str:
 _SKIPS: list[tuple[str, str, bool]] = []  # (node id, reason, has the gpu marker), in the order they happen
 
 
+_NOTEBOOK_TIMES: list[str] = []  # test_notebooks.py's "[notebook] NN_topic: wall, CPU, load" lines
+
+
 def pytest_runtest_logreport(report):
     if report.skipped and not hasattr(report, "wasxfail"):
         _SKIPS.append((report.nodeid, _reason(report), "gpu" in report.keywords))
+    if report.when == "call":
+        _NOTEBOOK_TIMES.extend(v for k, v in report.user_properties if k == "notebook_time")
 
 
 def pytest_collectreport(report):
@@ -135,9 +140,13 @@ def _bad_skips() -> list[tuple[str, str, bool]]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    tr = terminalreporter
+    if _NOTEBOOK_TIMES:
+        tr.section(f"{len(_NOTEBOOK_TIMES)} notebooks: wall, kernel CPU, load average", sep="-")
+        for line in _NOTEBOOK_TIMES:
+            tr.line(line)
     if not _SKIPS:
         return
-    tr = terminalreporter
     tr.section(f"{len(_SKIPS)} skipped", sep="-")
     for nodeid, reason, gpu in _SKIPS:
         tr.line(f"{'[gpu] ' if gpu else ''}{nodeid}: {reason}")

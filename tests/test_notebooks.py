@@ -30,7 +30,7 @@ def kernel_cpu_seconds(client) -> float | None:
 @pytest.mark.notebook
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path: Path, tmp_path: Path):
+def test_notebook_runs(path: Path, tmp_path: Path, record_property):
     import nbformat
     from nbclient import NotebookClient
 
@@ -42,6 +42,8 @@ def test_notebook_runs(path: Path, tmp_path: Path):
     t0 = time.perf_counter()
     client.execute()
     used = f", {cpu[0]:.0f}s kernel CPU" if cpu[0] is not None else ""
-    print(f"\n[notebook] {path.stem}: {time.perf_counter() - t0:.0f}s{used} (load average {os.getloadavg()[0]:.1f})")
+    line = f"[notebook] {path.stem}: {time.perf_counter() - t0:.0f}s{used} (load average {os.getloadavg()[0]:.1f})"
+    print("\n" + line)
+    record_property("notebook_time", line)  # conftest prints these at the end of every run, captured or not
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, errors

@@ -102,15 +102,25 @@ def fig_reward(out: Path, rl: dict):
 
 
 def fig_pass_at_1(ev: dict):
+    """Held-out pass@1 before and after RL; with greedy pass@1 and pass@k beside it when the eval has
+    them, so a reader can tell sharpening (sampled up, pass@k flat) from broadening (pass@k up too)."""
     import plotly.graph_objects as go
 
     p = ev.get("pass_at_1")
     if not p:
         return None
-    fig = go.Figure(go.Bar(x=["before RL", "after RL"], y=[p["before"], p["after"]], marker_color=["#999", "#4C78A8"],
-                           text=[f"{p['before']:.2f}", f"{p['after']:.2f}"], textposition="outside"))
+    groups = [("pass@1 (sampled)", p)]
+    if ev.get("pass_at_1_greedy"):
+        groups.append(("pass@1 (greedy)", ev["pass_at_1_greedy"]))
+    if ev.get("pass_at_k"):
+        groups.append((f"pass@{ev['pass_at_k'].get('k', 'k')}", ev["pass_at_k"]))
+    names = [g for g, _ in groups]
+    fig = go.Figure([go.Bar(name=when, x=names, y=[v[key] for _, v in groups], marker_color=color,
+                            text=[f"{v[key]:.2f}" for _, v in groups], textposition="outside")
+                     for when, key, color in (("before RL", "before", "#999"), ("after RL", "after", "#4C78A8"))])
     n = ev.get("n_tasks")
-    fig.update_layout(title=f"held-out pass@1{f' ({n} tasks)' if n else ''}", yaxis_range=[0, 1], height=340)
+    fig.update_layout(title=f"held-out pass@1{f' ({n} tasks)' if n else ''}", yaxis_range=[0, 1], height=340,
+                      barmode="group")
     return fig
 
 
