@@ -19,7 +19,7 @@ same first steps of seed 0, and each step's time split into generation, tool cal
 (grading, summed over rollouts: it runs in parallel) and the update; thread counts and the machine's
 load average are written with the results, since the machine is shared.
 
-Run (about 35 minutes on an idle 2-core machine at the default 32 steps; nice -n 5 is applied):
+Run (about 30 minutes on an idle 2-core machine at the default 32 steps; nice -n 5 is applied):
     .venv/bin/python bench/rl_toy.py                       # from the shipped checkpoints/toy-warm
     .venv/bin/python bench/rl_toy.py --init runs/warm/final  # from one `minicoder warmstart --out runs/warm` trained
     .venv/bin/python bench/rl_toy.py --quick               # a smoke run: 1 seed, 2 steps, 4 tasks

@@ -35,7 +35,7 @@
 # 6. samples before and after;
 # 7. reward hacking: what a naive grader pays for, and what ours pays.
 #
-# The measured held-out gain lives in `bench/rl_toy.py` (about 35 minutes of CPU, 3 seeds), not here.
+# The measured held-out gain lives in `bench/rl_toy.py` (about 30 minutes of CPU, 3 seeds), not here.
 
 # %%
 import minicoder.viz.notebook  # noqa: F401  (figures that also render in static HTML: make site)
