@@ -65,3 +65,21 @@ def test_full_settings_are_the_benchmarks_defaults():
     rl, ev = demo_stages.FULL_SETTINGS["rl"], demo_stages.FULL_SETTINGS["eval"]
     assert (rl["steps"], rl["tasks_per_step"], rl["group"], rl["lr"]) == (d.steps, d.tasks_per_step, d.group, d.lr)
     assert Path(rl["warm_path"]) == d.init and (ev["tasks"], ev["k"]) == (d.heldout, d.k)
+
+
+def test_rl_settings_key_on_the_weights_of_the_warm_start_each_profile_uses(monkeypatch, tmp_path):
+    from minicoder.rl import warmstart as ws
+
+    regen = tmp_path / "final"
+    regen.mkdir()
+    (regen / "config.json").write_text("{}")
+    (regen / "model.safetensors").write_bytes(b"other weights")
+    monkeypatch.delenv("MINICODER_WARM", raising=False)
+    monkeypatch.setattr(ws, "REGENERATED_WARM", regen)
+    rl = next(s for s in STAGES if s.name == "rl")
+    default, full = rl.settings_for(_options("default")), rl.settings_for(_options("full"))
+    assert default["warm_path"] == str(regen) and default["warm_digest"] == ws.model_digest(regen)
+    assert full["warm_path"] == str(ws.SHIPPED_WARM) and full["warm_digest"] == ws.model_digest(ws.SHIPPED_WARM)
+    assert rl.settings_for(_options("quick"))["warm_digest"] is None  # the tiny warm start is trained in the run
+    (regen / "model.safetensors").write_bytes(b"retrained")
+    assert rl.settings_for(_options("default"))["warm_digest"] != default["warm_digest"]

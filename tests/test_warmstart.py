@@ -162,6 +162,7 @@ def test_family_tokenizer_keeps_the_template_tokens_whole():
 
 
 def test_find_warm_start_prefers_env_then_regenerated_then_shipped(tmp_path, monkeypatch):
+    from minicoder.errors import UserError
     from minicoder.rl import warmstart as ws
 
     def folder(name):
@@ -183,7 +184,7 @@ def test_find_warm_start_prefers_env_then_regenerated_then_shipped(tmp_path, mon
     monkeypatch.setenv("MINICODER_WARM", str(folder("mine")))
     assert ws.find_warm_start() == ("env", tmp_path / "mine")
     monkeypatch.setenv("MINICODER_WARM", str(tmp_path / "typo"))
-    with pytest.raises(FileNotFoundError, match="MINICODER_WARM"):
+    with pytest.raises(UserError, match="MINICODER_WARM"):
         ws.find_warm_start()
 
 
@@ -195,3 +196,16 @@ def test_the_shipped_warm_start_is_a_model_folder_with_its_recipe():
     recipe = json.loads((SHIPPED_WARM / "warmstart.json").read_text())
     assert recipe["code_docs"] == 20000 and recipe["steps"] == 800 and recipe["episodes"] == 3000
     assert model.num_parameters() == recipe["parameters"] and tok.vocab_size == model.config.vocab_size
+
+
+def test_model_digest_follows_the_weights_not_the_path(tmp_path):
+    from minicoder.rl.warmstart import SHIPPED_WARM, model_digest
+
+    (tmp_path / "model.safetensors").write_bytes((SHIPPED_WARM / "model.safetensors").read_bytes())
+    assert model_digest(tmp_path) == model_digest(SHIPPED_WARM)  # same weights, another folder
+    with open(tmp_path / "model.safetensors", "r+b") as fh:
+        fh.seek(-1, 2)
+        last = fh.read(1)
+        fh.seek(-1, 2)
+        fh.write(bytes([last[0] ^ 1]))  # one bit of the weights
+    assert model_digest(tmp_path) != model_digest(SHIPPED_WARM)

@@ -362,9 +362,12 @@ def _settings_midtrain(o) -> dict:
 
 
 def _settings_rl(o) -> dict:
-    from minicoder.rl.demo import settings
+    from minicoder.rl.demo import settings, with_warm_digest
 
-    return settings(_q(o), o.backend_resolved)
+    s = settings(_q(o), o.backend_resolved)
+    if getattr(o, "profile", "default") == "full":  # the digest must be of the model --full really uses
+        s.update(FULL_SETTINGS["rl"])
+    return with_warm_digest(s)
 
 
 def _settings_eval(o) -> dict:

@@ -44,6 +44,15 @@ def settings(quick: bool, backend: str) -> dict:
             "group": 4 if quick else 8, "lr": 3e-4, "seed": 0, "backend": backend}
 
 
+def with_warm_digest(s: dict) -> dict:
+    """`s` plus the content hash of its warm start's weights (the stage cache keys on settings, so a
+    model retrained at the same path re-runs the stage); call it on the final settings."""
+    from minicoder.rl.warmstart import model_digest
+
+    path = s.get("warm_path")
+    return {**s, "warm_digest": model_digest(path) if path and s.get("warm") != "tiny" else None}
+
+
 def eval_settings(quick: bool, backend: str) -> dict:
     # the default profile evaluates on bench/rl_toy.py's 24 held-out tasks with 8 samples each
     return {"tasks": 3 if quick else 24, "k": 2 if quick else 8, "seed": 0, "backend": backend}

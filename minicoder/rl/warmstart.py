@@ -68,6 +68,8 @@ TINY_MODEL = dict(hidden_size=64, num_hidden_layers=2, layer_types=["linear_atte
 # the warm start's layer layout for the toy preset (see the module docstring); `--set layer_types=...` wins
 WARM_LAYERS = {"layer_types": ["linear_attention", "full_attention", "linear_attention", "full_attention"]}
 
+DEFAULT_MIX = {"direct": 0.3, "test_first": 0.2, "run_first": 0.2, "retry": 0.3}
+
 ROOT = Path(__file__).resolve().parents[2]
 # the warm start this repository ships (trained by `minicoder warmstart --out runs/warm` and copied here;
 # bench/rl_toy.py's headline numbers are measured from it) and where that command writes a new one
@@ -84,14 +86,29 @@ def find_warm_start() -> tuple[str, Path] | None:
     env = os.environ.get("MINICODER_WARM")
     if env:
         if not (Path(env) / "config.json").is_file():
-            raise FileNotFoundError(f"MINICODER_WARM={env} is not a model folder (no config.json); "
-                                    "unset it or point it at `minicoder warmstart`'s out/final")
+            from minicoder.errors import UserError
+
+            raise UserError(f"MINICODER_WARM={env} is not a model folder (no config.json); "
+                            "unset it or point it at `minicoder warmstart`'s out/final")
         return "env", Path(env)
     for source, path in (("cached", REGENERATED_WARM), ("shipped", SHIPPED_WARM)):
         if (path / "config.json").is_file():
             return source, path
     return None
-DEFAULT_MIX = {"direct": 0.3, "test_first": 0.2, "run_first": 0.2, "retry": 0.3}
+
+
+def model_digest(folder) -> str:
+    """A short content hash of a model folder's weights: the demo's stage cache keys on it, so a
+    regenerated warm start at the same path is not mistaken for the old one."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(Path(folder) / "model.safetensors", "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 
 
 def script_steps(task, script: str) -> list[dict[str, Any]]:
